@@ -1,0 +1,106 @@
+"""The seam between the supervisor and the place batches run.
+
+The supervisor owns everything that is policy: batching, sizing, ordering, retries,
+splitting after a crash, the report and the trace. A backend only has to run a batch on a
+named worker and report back, as the events below, what happened: a batch finished, a
+worker's memory after a batch, a worker died (and which item it was running).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class BatchDone:
+    worker: int
+    batch: int
+    values: list[Any]
+    durations: list[float]
+    errors: list[tuple[int, str, str, str, bool]] | None
+    started: float
+    ended: float
+    rss_start: int
+
+
+@dataclass(slots=True)
+class BatchMemory:
+    worker: int
+    batch: int
+    rss_start: int
+    rss_peak: int
+    max_rss: int
+
+
+@dataclass(slots=True)
+class BatchRejected:
+    """The worker could not even unpickle the batch: every item in it fails with this error."""
+
+    worker: int
+    batch: int
+    type: str
+    message: str
+    traceback: str
+
+
+@dataclass(slots=True)
+class WorkerDied:
+    worker: int
+    cause: str  # "worker-died: SIGSEGV", "timeout", "memory-limit", ...
+    running: tuple[int, int] | None  # (batch, position) of the item it was running, if any
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class WorkerRetired:
+    worker: int
+
+
+class SetupFailed(RuntimeError):
+    """A worker could not start (initializer raised, function cannot be loaded): fatal."""
+
+
+Event = BatchDone | BatchMemory | BatchRejected | WorkerDied | WorkerRetired
+
+
+class Backend(Protocol):
+    """What the supervisor needs from a place that runs batches."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def worker_ids(self) -> list[int]: ...
+
+    def describe_worker(self, worker: int) -> str: ...
+
+    def register(self, payload: bytes) -> int:
+        """Store a cloudpickled (function, retry_on); returns the id batches refer to."""
+        ...
+
+    def submit(self, worker: int, batch: int, fn_id: int, payload: bytes) -> None: ...
+
+    def wait(self, timeout: float | None) -> list[Event]: ...
+
+    def running(self, worker: int) -> tuple[int, int, float] | None:
+        """(batch, position, started) of the item the worker is running now, if any."""
+        ...
+
+    def rss(self, worker: int) -> int | None: ...
+
+    def kill(self, worker: int, cause: str) -> None: ...
+
+    def retire(self, worker: int) -> None:
+        """Replace a healthy worker once it is idle (memory recycling)."""
+        ...
+
+    def replace(self, worker: int) -> int:
+        """Start a fresh worker in place of a dead or retired one; returns its id."""
+        ...
+
+    def abandon(self) -> None:
+        """Drop work in flight (a run ended early); the backend stays usable."""
+        ...
+
+    def close(self, wait: bool = True) -> None: ...

@@ -1,0 +1,251 @@
+"""The local backend: long-lived worker processes on this machine, one duplex pipe each.
+
+The supervisor waits on every worker's pipe and process sentinel at once
+(``multiprocessing.connection.wait``), so a result or a death wakes it immediately: there is
+no polling loop and no feeder thread. Each worker also shares a three-number slot (batch,
+position, start time of the item it is running), read here to blame the right item when a
+worker dies, and to enforce per-item timeouts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import psutil
+
+from .. import log, worker
+from ..options import available_cpus
+from .base import BatchDone, BatchMemory, BatchRejected, Event, SetupFailed, WorkerDied
+
+_LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Runs before multiprocessing's own exit hook, which would otherwise join busy workers."""
+    for backend in list(_LIVE):
+        backend.close(wait=False)
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: Any
+    conn: Any
+    slot: memoryview
+    handle: psutil.Process
+    fn_ids: set[int] = field(default_factory=set)
+    kill_cause: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _death_cause(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"worker-died: {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"worker-died: signal {-exitcode}"
+    return f"worker-died: exit {exitcode}"
+
+
+class LocalBackend:
+    """A set of worker processes, addressed by pid."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        workers: int,
+        start_method: str = "forkserver",
+        initializer: Any = None,
+        initargs: tuple[Any, ...] = (),
+        preload: tuple[str, ...] = (),
+    ) -> None:
+        self.size = workers
+        self.context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self.context.set_forkserver_preload(["poolrun.worker", *preload])
+        self.initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
+        self.blas_threads = max(1, available_cpus() // workers)
+        self.workers: dict[int, _Worker] = {}
+        self.retiring: list[Any] = []
+        self.functions: dict[int, bytes] = {}
+        self.restarts = 0
+        self.closed = False
+        _LIVE.add(self)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        while len(self.workers) < self.size:
+            self._spawn()
+
+    def _spawn(self) -> int:
+        parent_end, child_end = self.context.Pipe(duplex=True)
+        slot = self.context.RawArray("d", worker.SLOT_SIZE)
+        view = memoryview(slot).cast("B").cast("d")
+        view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
+        process = self.context.Process(
+            target=worker.main,
+            args=(child_end, slot, os.getpid(), self.blas_threads, self.initializer),
+            name="poolrun-worker",
+        )
+        process.start()
+        child_end.close()
+        self.workers[process.pid] = _Worker(process, parent_end, view, psutil.Process(process.pid))
+        log.debug("started worker {}", process.pid)
+        return process.pid
+
+    def worker_ids(self) -> list[int]:
+        return list(self.workers)
+
+    def describe_worker(self, worker_id: int) -> str:
+        return f"pid {worker_id}"
+
+    def replace(self, worker_id: int) -> int:
+        gone = self.workers.pop(worker_id, None)
+        if gone is not None:
+            gone.conn.close()
+        self.restarts += 1
+        return self._spawn()
+
+    def retire(self, worker_id: int) -> int:
+        """Ask an idle worker to exit, and start its replacement right away."""
+        old = self.workers.pop(worker_id)
+        with contextlib.suppress(OSError):
+            old.conn.send_bytes(worker.dumps(("stop",)))
+        old.conn.close()
+        self.retiring.append(old.process)
+        self.restarts += 1
+        log.debug("recycling worker {} (memory)", worker_id)
+        return self._spawn()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop every worker: politely when ``wait``, else at once (SIGKILL)."""
+        if self.closed:
+            return
+        self.closed = True
+        processes = [w.process for w in self.workers.values()] + self.retiring
+        for w in self.workers.values():
+            try:
+                if wait:
+                    w.conn.send_bytes(worker.dumps(("stop",)))
+            except OSError:
+                pass
+        if wait:
+            multiprocessing.connection.wait([p.sentinel for p in processes], timeout=5)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for process in processes:
+            process.join(timeout=5)
+        for w in self.workers.values():
+            w.conn.close()
+        self.workers.clear()
+        self.retiring.clear()
+        _LIVE.discard(self)
+
+    # -- running batches ---------------------------------------------------------------
+
+    def register(self, payload: bytes) -> int:
+        fn_id = len(self.functions) + 1
+        self.functions[fn_id] = payload
+        return fn_id
+
+    def submit(self, worker_id: int, batch: int, fn_id: int, payload: bytes) -> None:
+        w = self.workers[worker_id]
+        try:
+            if fn_id not in w.fn_ids:
+                w.conn.send_bytes(worker.dumps(("fn", fn_id, self.functions[fn_id])))
+                w.fn_ids.add(fn_id)
+            w.conn.send_bytes(worker.dumps(("batch", batch, fn_id, payload)))
+        except OSError:
+            pass  # the worker is dead; its sentinel reports it and the batch is re-run
+
+    def running(self, worker_id: int) -> tuple[int, int, float] | None:
+        slot = self.workers[worker_id].slot
+        pos = slot[worker.SLOT_POS]
+        if pos < 0:
+            return None
+        return int(slot[worker.SLOT_BATCH]), int(pos), slot[worker.SLOT_STARTED]
+
+    def rss(self, worker_id: int) -> int | None:
+        try:
+            return self.workers[worker_id].handle.memory_info().rss
+        except (psutil.Error, KeyError):
+            return None
+
+    def kill(self, worker_id: int, cause: str) -> None:
+        w = self.workers.get(worker_id)
+        if w is not None and w.kill_cause is None:
+            w.kill_cause = cause
+            w.process.kill()
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        by_conn = {w.conn: w for w in self.workers.values()}
+        by_sentinel = {w.process.sentinel: w for w in self.workers.values()}
+        retiring = {p.sentinel: p for p in self.retiring}
+        ready = multiprocessing.connection.wait([*by_conn, *by_sentinel, *retiring], timeout)
+        events: list[Event] = []
+        dead = []
+        for obj in ready:
+            if obj in by_conn:
+                self._drain(by_conn[obj], events)
+            elif obj in by_sentinel:
+                dead.append(by_sentinel[obj])
+            else:
+                retiring[obj].join()
+                self.retiring.remove(retiring[obj])
+        for w in dead:
+            self._drain(w, events)
+            events.append(self._death(w))
+        return events
+
+    def _drain(self, w: _Worker, events: list[Event]) -> None:
+        try:
+            while not w.conn.closed and w.conn.poll():
+                events.append(self._event(w, pickle.loads(w.conn.recv_bytes())))
+        except (EOFError, OSError):
+            pass  # died mid-message; the sentinel reports the death
+
+    def _event(self, w: _Worker, message: tuple) -> Event:
+        kind = message[0]
+        if kind == "done":
+            return BatchDone(w.pid, *message[1:])
+        if kind == "rss":
+            return BatchMemory(w.pid, *message[1:])
+        if kind == "bad-batch":
+            return BatchRejected(w.pid, *message[1:])
+        if kind == "fn-failed":
+            _, _, kind_name, text, tb = message
+            raise SetupFailed(
+                f"the function could not be loaded in a worker: {kind_name}: {text}\n{tb}"
+            )
+        if kind == "init-failed":
+            _, _, kind_name, text, tb = message
+            raise SetupFailed(f"initializer failed in worker {w.pid}: {kind_name}: {text}\n{tb}")
+        raise RuntimeError(f"unexpected message from worker {w.pid}: {kind!r}")
+
+    def _death(self, w: _Worker) -> WorkerDied:
+        w.process.join(timeout=5)
+        running = self.running(w.pid)
+        cause = w.kill_cause or _death_cause(w.process.exitcode)
+        log.debug("worker {} ended: {}", w.pid, cause)
+        return WorkerDied(
+            worker=w.pid,
+            cause=cause,
+            running=running[:2] if running else None,
+            detail=f"exit code {w.process.exitcode}",
+        )

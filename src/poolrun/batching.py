@@ -1,0 +1,105 @@
+"""The adaptive batch sizer: a pure policy object, no processes or clocks inside.
+
+Why batches at all: every message between processes costs tens of microseconds, so items
+worth less than that must travel together. Why adaptive: the right size depends on the
+function, the data and the machine, and changes as a run goes on.
+
+The policy, fed after each batch with how long its items took and the worker's RSS:
+
+* **time**: aim for batches that run about ``target_seconds``, which makes the per-batch IPC
+  cost negligible (growth is capped at 4x per step so one fast batch cannot overshoot);
+* **balance**: when the number of items left is known, never hand one worker more than a
+  fair share of what remains, so no worker idles while another finishes a big last batch;
+* **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
+  half of the worker's remaining headroom, and halve the size when a worker's peak nears the
+  limit; a worker whose memory stays high between batches is recycled.
+"""
+
+from __future__ import annotations
+
+import math
+
+GROWTH_CAP = 4.0
+SOFT_RSS_FRACTION = 0.75  # batches are sized to keep a worker's peak RSS below this share
+RECYCLE_PEAK_FRACTION = 0.9  # a worker that peaked above this share is replaced
+
+
+class BatchSizer:
+    """Decides how many items the next batch carries.
+
+    ``fixed`` pins the size (``batch_size=<int>``); otherwise the size starts at 1 and follows
+    the measurements.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        fixed: int | None = None,
+        target_seconds: float = 0.02,
+        max_size: int = 65536,
+        max_rss: int | None = None,
+        initial: int = 1,
+    ) -> None:
+        self.workers = workers
+        self.fixed = fixed
+        self.target_seconds = target_seconds
+        self.max_size = max(1, fixed or max_size)
+        self.max_rss = max_rss
+        self.size = fixed or max(1, min(initial, self.max_size))
+        self.per_item_seconds: float | None = None
+        self.per_item_bytes = 0.0
+        self.last_rss = 0
+
+    def next_size(self, remaining: int | None = None) -> int:
+        """Size for the next batch; ``remaining`` is the count of items not yet dispatched."""
+        size = self.size
+        if remaining is not None:
+            size = min(size, remaining)
+            if self.fixed is None:
+                fair_share = math.ceil(remaining / (2 * self.workers))
+                size = min(size, max(1, fair_share))
+        return max(1, size)
+
+    def observe(self, n: int, busy_seconds: float, rss_start: int = 0, rss_peak: int = 0) -> None:
+        """Learn from a finished batch of ``n`` items that ran ``busy_seconds`` in the worker."""
+        if n <= 0 or self.fixed is not None:
+            return
+        per_item = max(busy_seconds, 0.0) / n
+        if self.per_item_seconds is None:
+            self.per_item_seconds = per_item
+        else:
+            self.per_item_seconds = 0.5 * self.per_item_seconds + 0.5 * per_item
+        wanted = self._time_size(n)
+        if self.max_rss:
+            wanted = min(wanted, self._memory_size(n, rss_start, rss_peak))
+        self.size = max(1, min(self.max_size, wanted))
+
+    def must_recycle(self, rss_start: int, rss_peak: int) -> bool:
+        """True when a worker's memory says it should be replaced before its next batch."""
+        if not self.max_rss:
+            return False
+        return (
+            rss_peak >= RECYCLE_PEAK_FRACTION * self.max_rss
+            or rss_start >= SOFT_RSS_FRACTION * self.max_rss
+        )
+
+    def _time_size(self, n: int) -> int:
+        grown = max(1, int(max(self.size, n) * GROWTH_CAP))
+        if not self.per_item_seconds:
+            return grown
+        return min(grown, max(1, int(self.target_seconds / self.per_item_seconds)))
+
+    def _memory_size(self, n: int, rss_start: int, rss_peak: int) -> int:
+        assert self.max_rss
+        self.last_rss = max(rss_start, rss_peak)
+        if rss_start and rss_peak:
+            added = max(0, rss_peak - rss_start) / n
+            self.per_item_bytes = max(added, 0.5 * self.per_item_bytes)
+        soft = SOFT_RSS_FRACTION * self.max_rss
+        if rss_peak >= soft:
+            return max(1, self.size // 2)
+        if self.per_item_bytes <= 0:
+            return self.max_size
+        headroom = soft - max(rss_start, 0)
+        return max(1, int(headroom / (2 * self.per_item_bytes)))

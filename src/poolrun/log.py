@@ -1,0 +1,40 @@
+"""poolrun's logger: loguru, quiet by default.
+
+A library must not reconfigure its host application's loguru handlers, so instead of adding
+handlers poolrun filters at the source: messages below ``POOLRUN_LOG`` (default ``warning``)
+are never emitted. ``POOLRUN_LOG=debug`` shows worker starts, deaths, recycling and batch
+sizing decisions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from loguru import logger as _logger
+
+_LEVELS = {"trace": 5, "debug": 10, "info": 20, "success": 25, "warning": 30, "error": 40}
+
+
+def _threshold() -> int:
+    name = os.environ.get("POOLRUN_LOG", "warning").strip().lower()
+    return _LEVELS.get(name, 30)
+
+
+_THRESHOLD = _threshold()
+logger = _logger.bind(component="poolrun")
+
+
+def debug(message: str, *args: Any) -> None:
+    if _THRESHOLD <= 10:
+        logger.opt(depth=1).debug(message, *args)
+
+
+def info(message: str, *args: Any) -> None:
+    if _THRESHOLD <= 20:
+        logger.opt(depth=1).info(message, *args)
+
+
+def warning(message: str, *args: Any) -> None:
+    if _THRESHOLD <= 30:
+        logger.opt(depth=1).warning(message, *args)

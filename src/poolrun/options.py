@@ -1,0 +1,198 @@
+"""Validated run options.
+
+Every entry point (decorator, ``map``/``imap``, ``Pool``, the CLI) funnels its keyword
+arguments through :func:`make_options`, so a bad value fails the same way everywhere: a
+``ValueError``/``TypeError`` that names the option and what it accepts, raised before any
+process starts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "K": 1024,
+    "M": 1024**2,
+    "G": 1024**3,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: int | float | str | None, name: str = "max_rss") -> int | None:
+    """Turn ``"1GB"``, ``"512MiB"`` or a byte count into bytes (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a size like '1GB', '512MiB' or a byte count, not a bool")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a size like '1GB', '512MiB' or a byte count, not {value!r}"
+        )
+    match = _SIZE_RE.match(value)
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(
+            f"{name}={value!r} is not a size: use a number with an optional unit "
+            "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '1GB' or '512MiB'"
+        )
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return size
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_max_failures(value: int | float | str | None) -> int | float | None:
+    """``10`` (a count), ``0.05`` or ``"5%"`` (a fraction of the items seen so far)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError("max_failures must be a count (int), a fraction (float < 1) or 'P%'")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if text.endswith("%"):
+                number = float(text[:-1]) / 100.0
+                if not 0 <= number <= 1:
+                    raise ValueError
+                return number
+            return parse_max_failures(int(text))
+        except ValueError:
+            raise ValueError(
+                f"max_failures={value!r} is not a count like '10' or a percentage like '5%'"
+            ) from None
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"max_failures must be >= 0, got {value}")
+        return value
+    if isinstance(value, float):
+        if not 0 <= value < 1:
+            raise ValueError(f"max_failures as a fraction must be in [0, 1), got {value}")
+        return value
+    raise TypeError(f"max_failures must be an int, a float fraction or 'P%', not {value!r}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run can be tuned with; see the README for what each one does."""
+
+    workers: int = field(default_factory=available_cpus)
+    batch_size: int | str = "auto"
+    max_rss: int | None = None
+    timeout: float | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.1
+    ordered: bool = True
+    start_method: str = "forkserver"
+    progress: bool = False
+    backend: str = "local"
+    scheduler: str | None = None
+    max_failures: int | float | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    inflight: int = 2
+    target_batch_seconds: float = 0.02
+    max_batch_size: int = 65536
+    trace_items: bool = False
+
+    def with_changes(self, **changes: Any) -> Options:
+        return make_options(self, **changes)
+
+
+_OPTION_NAMES = {f.name for f in fields(Options)}
+
+
+def make_options(base: Options | None = None, **kwargs: Any) -> Options:
+    """Validate ``kwargs`` over ``base`` (or the defaults) and return a new :class:`Options`."""
+    unknown = sorted(set(kwargs) - _OPTION_NAMES)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_OPTION_NAMES))}"
+        )
+    values = {k: v for k, v in kwargs.items() if not (k == "workers" and v is None)}
+    opts = replace(base or Options(), **values)
+    return _validated(opts)
+
+
+def _validated(o: Options) -> Options:
+    _check_int("workers", o.workers, minimum=1)
+    if o.batch_size != "auto":
+        if isinstance(o.batch_size, str) and o.batch_size.isdigit():
+            o = replace(o, batch_size=int(o.batch_size))
+        else:
+            _check_int("batch_size", o.batch_size, minimum=1, allowed="'auto' or an int >= 1")
+    o = replace(o, max_rss=parse_size(o.max_rss), max_failures=parse_max_failures(o.max_failures))
+    if o.timeout is not None:
+        _check_positive("timeout", o.timeout)
+    _check_int("retries", o.retries, minimum=0)
+    if isinstance(o.retry_on, type):
+        o = replace(o, retry_on=(o.retry_on,))
+    if not (
+        isinstance(o.retry_on, tuple)
+        and all(isinstance(t, type) and issubclass(t, BaseException) for t in o.retry_on)
+    ):
+        raise TypeError(
+            f"retry_on must be an exception class or a tuple of them, not {o.retry_on!r}"
+        )
+    if not isinstance(o.backoff, int | float) or isinstance(o.backoff, bool) or o.backoff < 0:
+        raise ValueError(f"backoff must be a number of seconds >= 0, not {o.backoff!r}")
+    methods = multiprocessing.get_all_start_methods()
+    if o.start_method not in methods:
+        raise ValueError(f"start_method={o.start_method!r}; allowed: {', '.join(methods)}")
+    if o.backend not in ("local", "dask"):
+        raise ValueError(f"backend={o.backend!r}; allowed: 'local', 'dask'")
+    if o.scheduler is not None and o.backend != "dask":
+        raise ValueError("scheduler= only applies to backend='dask'")
+    if o.initializer is not None and not callable(o.initializer):
+        raise TypeError(f"initializer must be callable, not {o.initializer!r}")
+    if not isinstance(o.initargs, tuple):
+        o = replace(o, initargs=tuple(o.initargs))
+    _check_int("inflight", o.inflight, minimum=1)
+    _check_positive("target_batch_seconds", o.target_batch_seconds)
+    _check_int("max_batch_size", o.max_batch_size, minimum=1)
+    for flag in ("ordered", "progress", "trace_items"):
+        if not isinstance(getattr(o, flag), bool):
+            raise TypeError(f"{flag} must be True or False, not {getattr(o, flag)!r}")
+    return o
+
+
+def _check_int(name: str, value: Any, minimum: int, allowed: str | None = None) -> None:
+    allowed = allowed or f"an int >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {allowed}, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds > 0, not {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")

@@ -1,0 +1,248 @@
+"""The throughput report: what a run did and where the time went.
+
+Numbers are gathered by :class:`Stats` while the run goes (cheaply: one update per batch;
+item times go into a log-spaced histogram so a run of a billion items costs the same memory
+as a run of ten) and frozen into a :class:`Report` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_BINS_PER_DECADE = 50
+_LOW_EXP = -8  # 10 ns
+_HIGH_EXP = 5  # ~28 hours
+_NBINS = (_HIGH_EXP - _LOW_EXP) * _BINS_PER_DECADE + 2
+FINE_GRAINED_SECONDS = 5e-6
+
+
+class LatencyHistogram:
+    """Item durations in log-spaced bins (2% wide): exact enough for p50/p95/p99."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(_NBINS, dtype=np.int64)
+        self.total = 0.0
+        self.n = 0
+
+    def add(self, durations: Sequence[float]) -> None:
+        if not durations:
+            return
+        arr = np.asarray(durations, dtype=np.float64)
+        self.total += float(arr.sum())
+        self.n += arr.size
+        logs = np.log10(np.maximum(arr, 10.0**_LOW_EXP))
+        idx = np.clip(((logs - _LOW_EXP) * _BINS_PER_DECADE).astype(np.int64) + 1, 0, _NBINS - 1)
+        self.counts += np.bincount(idx, minlength=_NBINS)
+
+    def percentile(self, q: float) -> float | None:
+        if self.n == 0:
+            return None
+        rank = math.ceil(q / 100.0 * self.n)
+        idx = int(np.searchsorted(np.cumsum(self.counts), max(rank, 1)))
+        centre = _LOW_EXP + (idx - 0.5) / _BINS_PER_DECADE
+        return 10.0**centre
+
+
+@dataclass
+class SizeStats:
+    first: int | None = None
+    last: int | None = None
+    min: int | None = None
+    max: int | None = None
+
+    def record(self, size: int) -> None:
+        if self.first is None:
+            self.first = size
+        self.last = size
+        self.min = size if self.min is None else min(self.min, size)
+        self.max = size if self.max is None else max(self.max, size)
+
+
+@dataclass
+class WorkerFigures:
+    busy_s: float = 0.0
+    items: int = 0
+    batches: int = 0
+    peak_rss: int = 0
+
+
+class Stats:
+    """Mutable tallies the supervisor updates as batches finish and faults happen."""
+
+    def __init__(self, backend: str, workers: int) -> None:
+        self.backend = backend
+        self.workers = workers
+        self.started = time.perf_counter()
+        self.ended: float | None = None
+        self.items = 0
+        self.failed = 0
+        self.batches = 0
+        self.latency = LatencyHistogram()
+        self.per_worker: dict[int, WorkerFigures] = {}
+        self.worker_names: dict[int, str] = {}
+        self.counters = {
+            "worker_deaths": 0,
+            "restarts": 0,
+            "timeouts": 0,
+            "retries": 0,
+            "memory_kills": 0,
+            "recycled": 0,
+            "splits": 0,
+        }
+        self.sizes = SizeStats()
+
+    def worker(self, worker: int) -> WorkerFigures:
+        found = self.per_worker.get(worker)
+        if found is None:
+            found = self.per_worker[worker] = WorkerFigures()
+        return found
+
+    def batch_done(self, worker: int, durations: Sequence[float], busy: float) -> None:
+        self.batches += 1
+        figures = self.worker(worker)
+        figures.busy_s += busy
+        figures.items += len(durations)
+        figures.batches += 1
+        self.latency.add(durations)
+
+    def rss_seen(self, worker: int, rss: int) -> None:
+        figures = self.worker(worker)
+        figures.peak_rss = max(figures.peak_rss, rss)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def finish(self) -> Report:
+        self.ended = self.ended or time.perf_counter()
+        return Report.from_stats(self)
+
+
+def _pct(x: float) -> float:
+    return round(100.0 * x, 1)
+
+
+@dataclass
+class Report:
+    """A finished run in numbers: ``print(report)`` for a table, ``save()`` for JSON."""
+
+    backend: str = "local"
+    items: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    items_per_s: float = 0.0
+    workers: int = 0
+    batches: int = 0
+    batch_size: dict[str, int | None] = field(default_factory=dict)
+    busy_pct: dict[str, float] = field(default_factory=dict)
+    overhead_pct: float = 0.0
+    item_time_s: dict[str, float | None] = field(default_factory=dict)
+    peak_rss_bytes: dict[str, int] = field(default_factory=dict)
+    worker_restarts: int = 0
+    worker_deaths: int = 0
+    timeouts: int = 0
+    retries: int = 0
+    memory_kills: int = 0
+    recycled: int = 0
+    splits: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_stats(cls, s: Stats) -> Report:
+        wall = max((s.ended or time.perf_counter()) - s.started, 1e-9)
+        names = {w: s.worker_names.get(w, str(w)) for w in s.per_worker}
+        in_fn = s.latency.total
+        report = cls(
+            backend=s.backend,
+            items=s.items,
+            succeeded=s.items - s.failed,
+            failed=s.failed,
+            wall_s=round(wall, 6),
+            items_per_s=round(s.items / wall, 1),
+            workers=s.workers,
+            batches=s.batches,
+            batch_size=asdict(s.sizes),
+            busy_pct={names[w]: _pct(f.busy_s / wall) for w, f in s.per_worker.items()},
+            overhead_pct=_pct(max(0.0, 1.0 - in_fn / (s.workers * wall))) if s.items else 0.0,
+            item_time_s={f"p{q}": s.latency.percentile(q) for q in (50, 95, 99)},
+            peak_rss_bytes={names[w]: f.peak_rss for w, f in s.per_worker.items()},
+            worker_restarts=s.counters["restarts"],
+            worker_deaths=s.counters["worker_deaths"],
+            timeouts=s.counters["timeouts"],
+            retries=s.counters["retries"],
+            memory_kills=s.counters["memory_kills"],
+            recycled=s.counters["recycled"],
+            splits=s.counters["splits"],
+        )
+        report.notes = _notes(s)
+        return report
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def __str__(self) -> str:
+        return render_table(self)
+
+
+def _notes(s: Stats) -> list[str]:
+    notes = []
+    if s.latency.n and s.latency.total / s.latency.n < FINE_GRAINED_SECONDS and s.items >= 1000:
+        mean_us = 1e6 * s.latency.total / s.latency.n
+        notes.append(
+            f"work too fine-grained to gain from processes: items take {mean_us:.2f} µs each, "
+            "less than moving them between processes costs; run it serially, or give each "
+            "item more work (e.g. a chunk of records per item)"
+        )
+    return notes
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.3f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def render_table(r: Report) -> str:
+    bs = r.batch_size
+    rows = [
+        ("backend", r.backend),
+        ("items", f"{r.items} ({r.succeeded} ok, {r.failed} failed)"),
+        ("wall time", f"{r.wall_s:.3f} s"),
+        ("throughput", f"{r.items_per_s:,.1f} items/s"),
+        ("workers", str(r.workers)),
+        (
+            "batches",
+            f"{r.batches} (size first {bs.get('first')}, last {bs.get('last')}, "
+            f"min {bs.get('min')}, max {bs.get('max')})",
+        ),
+        ("overhead", f"{r.overhead_pct:.1f} % of worker time outside your function"),
+        ("item time", " / ".join(f"{k} {_ms(v)}" for k, v in r.item_time_s.items())),
+        (
+            "faults",
+            f"{r.worker_deaths} deaths, {r.worker_restarts} restarts, {r.timeouts} timeouts, "
+            f"{r.retries} retries, {r.memory_kills} memory kills, {r.recycled} recycled",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = ["poolrun report", "-" * 60]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"{'worker':<{width}}  {'busy':>7}  {'peak RSS':>10}")
+    for name, busy in r.busy_pct.items():
+        lines.append(f"{name:<{width}}  {busy:>6.1f}%  {_mb(r.peak_rss_bytes.get(name, 0)):>10}")
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""Per-item results: what the user gets back, and the columnar store behind it.
+
+Workers send plain lists (values, durations) per batch, and only the failed items' errors.
+A :class:`Segment` keeps those lists as they arrived for one contiguous run of input items;
+:class:`ItemResult` objects are built only when someone asks for them, because wrapping every
+item in an object costs more than the work itself in fine-grained jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import Report
+    from .trace import Trace
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """Why one item failed.
+
+    ``cause`` says what kind of failure it was: ``"exception"`` (the function raised),
+    ``"timeout"``, ``"memory-limit"``, ``"worker-died: SIGSEGV"`` (or ``"worker-died: exit 3"``).
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+    cause: str = "exception"
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome of one input item: a value or an error, and where and how it ran."""
+
+    index: int
+    ok: bool
+    value: Any = None
+    error: ItemError | None = None
+    attempts: int = 1
+    worker: int | None = None
+    batch: int | None = None
+    duration: float = 0.0
+
+
+class ItemsFailed(Exception):
+    """Raised by :attr:`Run.values` when some items failed; ``.errors`` holds them all."""
+
+    def __init__(self, errors: list[ItemResult], total: int) -> None:
+        self.errors = errors
+        self.total = total
+        first = errors[0]
+        super().__init__(
+            f"{len(errors)} of {total} items failed; first: item {first.index}: {first.error}"
+        )
+
+
+class RunAborted(Exception):
+    """Raised when ``max_failures`` is exceeded; ``.run`` holds the results gathered so far."""
+
+    def __init__(self, message: str, run: Run) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+@dataclass(slots=True)
+class _Override:
+    """Per-item facts that differ from the segment's defaults (set when an item was re-run)."""
+
+    attempts: int = 1
+    worker: int | None = None
+    batch: int | None = None
+    deaths: int = 0
+
+
+class Segment:
+    """Results of ``n`` consecutive input items starting at ``start``, filled in by batches.
+
+    A fresh batch covers exactly one segment; items that must run again (retries, a dead
+    worker) are re-sent in smaller batches but still land in the segment they came from, so
+    ordered release stays a matter of releasing whole segments in order.
+    """
+
+    __slots__ = (
+        "batch",
+        "durations",
+        "errors",
+        "n",
+        "overrides",
+        "remaining",
+        "start",
+        "values",
+        "worker",
+    )
+
+    def __init__(self, start: int, n: int) -> None:
+        self.start = start
+        self.n = n
+        self.values: list[Any] = []
+        self.durations: list[float] = []
+        self.errors: dict[int, ItemError] = {}
+        self.overrides: dict[int, _Override] = {}
+        self.remaining = n
+        self.worker: int | None = None
+        self.batch: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def fill_all(self, values: list[Any], durations: list[float], worker: int, batch: int) -> None:
+        """The fast path: one batch delivered every item of this segment."""
+        self.values, self.durations = values, durations
+        self.worker, self.batch = worker, batch
+        self.remaining = 0
+
+    def prepare(self, worker: int | None, batch: int | None) -> None:
+        """Make room for per-item filling (a batch that covers only part of the segment)."""
+        if not self.values:
+            self.values = [None] * self.n
+            self.durations = [0.0] * self.n
+            self.worker, self.batch = worker, batch
+
+    def fill_one(
+        self,
+        pos: int,
+        value: Any,
+        duration: float,
+        worker: int | None,
+        batch: int | None,
+        error: ItemError | None = None,
+    ) -> None:
+        self.prepare(worker, batch)
+        self.values[pos] = value
+        self.durations[pos] = duration
+        if error is not None:
+            self.errors[pos] = error
+        else:
+            self.errors.pop(pos, None)
+        if worker != self.worker or batch != self.batch:
+            self.override(pos).worker, self.override(pos).batch = worker, batch
+        self.remaining -= 1
+
+    def override(self, pos: int) -> _Override:
+        found = self.overrides.get(pos)
+        if found is None:
+            found = self.overrides[pos] = _Override(worker=self.worker, batch=self.batch)
+        return found
+
+    def attempts(self, pos: int) -> int:
+        found = self.overrides.get(pos)
+        return found.attempts if found else 1
+
+    def item(self, pos: int) -> ItemResult:
+        error = self.errors.get(pos)
+        extra = self.overrides.get(pos)
+        return ItemResult(
+            index=self.start + pos,
+            ok=error is None,
+            value=None if error is not None else self.values[pos],
+            error=error,
+            attempts=extra.attempts if extra else 1,
+            worker=extra.worker if extra else self.worker,
+            batch=extra.batch if extra else self.batch,
+            duration=self.durations[pos],
+        )
+
+    def items(self) -> Iterator[ItemResult]:
+        for pos in range(self.n):
+            yield self.item(pos)
+
+
+class Run:
+    """The outcome of ``map``: every item's result in input order, a report and a trace."""
+
+    def __init__(self, segments: list[Segment], report: Report, trace: Trace) -> None:
+        self._segments = sorted(segments, key=lambda s: s.start)
+        self.report = report
+        self.trace = trace
+        self._results: list[ItemResult] | None = None
+
+    def __len__(self) -> int:
+        return sum(s.n for s in self._segments)
+
+    def __repr__(self) -> str:
+        return f"<poolrun.Run items={len(self)} failed={self.failed}>"
+
+    @property
+    def failed(self) -> int:
+        return sum(len(s.errors) for s in self._segments)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    @property
+    def values(self) -> list[Any]:
+        """Return values in input order; raises :class:`ItemsFailed` if any item failed."""
+        if self.failed:
+            raise ItemsFailed(self.errors, len(self))
+        out: list[Any] = []
+        for segment in self._segments:
+            out.extend(segment.values)
+        return out
+
+    @property
+    def results(self) -> list[ItemResult]:
+        if self._results is None:
+            self._results = [r for s in self._segments for r in s.items()]
+        return self._results
+
+    @property
+    def errors(self) -> list[ItemResult]:
+        return [s.item(pos) for s in self._segments for pos in sorted(s.errors)]
+
+    def __iter__(self) -> Iterator[ItemResult]:
+        return iter(self.results)

@@ -1,0 +1,231 @@
+"""The loop that runs inside each worker process.
+
+A worker lives for many batches. It receives the user's function once (cloudpickled), then
+batches of items; it runs every item in its own ``try`` so one item's exception never costs
+its neighbours, times each item, and sends back one message per batch: the values, the
+durations and only the failed items' errors.
+
+Three things keep a worker from ever being a problem for its supervisor:
+
+* a reader thread drains the pipe into an inbox, so the supervisor's sends never block on a
+  worker that is busy sending a large result back (the classic two-way pipe deadlock); when
+  the pipe reaches EOF the supervisor is gone and the worker exits at once;
+* a watcher thread waits on the supervisor's pidfd and exits the worker when the supervisor
+  dies, even mid-item (no orphans after ``kill -9`` of the supervisor);
+* a small shared-memory slot always says which batch and item is running and since when, so
+  after a crash, a timeout or a memory kill the supervisor knows exactly which item was at
+  fault without any per-item messages.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import resource
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import psutil
+
+PROTOCOL = 5
+EXIT_SUPERVISOR_GONE = 70
+EXIT_INIT_FAILED = 71
+
+# Slot layout (a shared array of doubles, one per worker).
+SLOT_BATCH, SLOT_POS, SLOT_STARTED = 0, 1, 2
+SLOT_SIZE = 3
+IDLE = -1.0
+
+
+def dumps(message: Any) -> bytes:
+    return pickle.dumps(message, protocol=PROTOCOL)
+
+
+def describe_exception(exc: BaseException, skip_frames: int = 1) -> tuple[str, str, str]:
+    """(type, message, traceback) with poolrun's own frames cut, so it points at user code."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    return name, str(exc), text
+
+
+def run_batch(
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    batch_id: int,
+    slot: memoryview,
+    retry_on: tuple[type[BaseException], ...],
+) -> tuple[list[Any], list[float], list[tuple[int, str, str, str, bool]] | None]:
+    """Run ``fn`` over ``items``; the hot loop, so it avoids attribute look-ups."""
+    values: list[Any] = []
+    durations: list[float] = []
+    errors: list[tuple[int, str, str, str, bool]] | None = None
+    add_value, add_duration, clock = values.append, durations.append, time.perf_counter
+    slot[SLOT_BATCH] = batch_id
+    started = clock()
+    for pos, item in enumerate(items):
+        slot[SLOT_POS] = pos
+        slot[SLOT_STARTED] = started
+        try:
+            value = fn(item)
+        except BaseException as exc:  # the item failed, not the worker
+            value = None
+            if errors is None:
+                errors = []
+            errors.append((pos, *describe_exception(exc), isinstance(exc, retry_on)))
+        add_value(value)
+        now = clock()
+        add_duration(now - started)
+        started = now
+    slot[SLOT_POS] = IDLE
+    return values, durations, errors
+
+
+def encode_result(
+    batch_id: int,
+    values: list[Any],
+    durations: list[float],
+    errors: list[tuple[int, str, str, str, bool]] | None,
+    extra: tuple,
+) -> bytes:
+    """Pickle a batch result; values that cannot be pickled become those items' errors."""
+    try:
+        return dumps(("done", batch_id, values, durations, errors, *extra))
+    except Exception:
+        pass
+    errors = list(errors or [])
+    for pos, value in enumerate(values):
+        try:
+            dumps(value)
+        except Exception as exc:
+            values[pos] = None
+            kind, message, _ = describe_exception(exc, skip_frames=0)
+            errors.append((pos, kind, f"result cannot be sent back: {message}", "", False))
+    errors.sort()
+    return dumps(("done", batch_id, values, durations, errors, *extra))
+
+
+def _watch_supervisor(pid: int) -> None:
+    """Exit this worker as soon as the supervisor process is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+        select.select([fd], [], [])
+    except (AttributeError, OSError):
+        while psutil.pid_exists(pid):
+            time.sleep(0.5)
+    os._exit(EXIT_SUPERVISOR_GONE)
+
+
+def _read_inbox(conn: Any, inbox: queue.SimpleQueue) -> None:
+    while True:
+        try:
+            inbox.put(conn.recv_bytes())
+        except (EOFError, OSError):
+            os._exit(EXIT_SUPERVISOR_GONE)
+
+
+def _pin_native_threads(threads: int | None) -> None:
+    """Keep BLAS/OpenMP pools to this worker's share of the CPUs (unless the user chose)."""
+    if not threads:
+        return
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    if any(name in os.environ for name in names):
+        return
+    for name in names:
+        os.environ[name] = str(threads)
+    if "numpy" in sys.modules or "scipy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+
+
+class WorkerLoop:
+    """State of one worker process: its pipe, its slot and the functions it has been sent."""
+
+    def __init__(self, conn: Any, slot: Any, blas_threads: int | None) -> None:
+        self.conn = conn
+        self.slot = memoryview(slot).cast("B").cast("d")
+        self.blas_threads = blas_threads
+        self.functions: dict[int, tuple[Callable[[Any], Any], tuple[type[BaseException], ...]]] = {}
+        self.process = psutil.Process()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def serve(self) -> None:
+        threading.Thread(target=_read_inbox, args=(self.conn, self.inbox), daemon=True).start()
+        while True:
+            message = pickle.loads(self.inbox.get())
+            kind = message[0]
+            if kind == "batch":
+                self.run(*message[1:])
+            elif kind == "fn":
+                self.install(*message[1:])
+            elif kind == "stop":
+                return
+
+    def install(self, fn_id: int, payload: bytes) -> None:
+        try:
+            fn, retry_on = cloudpickle.loads(payload)
+        except BaseException as exc:
+            self.conn.send_bytes(dumps(("fn-failed", fn_id, *describe_exception(exc, 0))))
+            return
+        if len(self.functions) >= 8:
+            self.functions.pop(next(iter(self.functions)))
+        self.functions[fn_id] = (fn, retry_on)
+        _pin_native_threads(self.blas_threads)
+
+    def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
+        fn, retry_on = self.functions[fn_id]
+        rss_start = self.process.memory_info().rss
+        t_start = time.perf_counter()
+        try:
+            items = pickle.loads(payload)
+        except BaseException as exc:
+            self.conn.send_bytes(dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
+            return
+        del payload
+        values, durations, errors = run_batch(fn, items, batch_id, self.slot, retry_on)
+        del items
+        message = encode_result(
+            batch_id, values, durations, errors, (t_start, time.perf_counter(), rss_start)
+        )
+        del values
+        # Measured after pickling, so the peak includes the message itself; it travels in a
+        # second small message rather than forcing a copy of a possibly large payload.
+        rss_peak = self.process.memory_info().rss
+        self.conn.send_bytes(message)
+        del message
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.conn.send_bytes(dumps(("rss", batch_id, rss_start, rss_peak, max_rss)))
+
+
+def main(
+    conn: Any, slot: Any, supervisor_pid: int, blas_threads: int | None, initializer: bytes | None
+) -> None:
+    """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    threading.Thread(target=_watch_supervisor, args=(supervisor_pid,), daemon=True).start()
+    _pin_native_threads(blas_threads)
+    if initializer is not None:
+        try:
+            init, initargs = cloudpickle.loads(initializer)
+            init(*initargs)
+        except BaseException as exc:
+            conn.send_bytes(dumps(("init-failed", os.getpid(), *describe_exception(exc))))
+            os._exit(EXIT_INIT_FAILED)
+    WorkerLoop(conn, slot, blas_threads).serve()

@@ -1,0 +1,18 @@
+# Shared by scripts/demo and scripts/test: make .venv if missing and (re)install the project
+# when pyproject.toml changed since the last install. Sourced, not run.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+EXTRAS="${POOLRUN_EXTRAS:-dev,dask,bench}"
+if [ ! -x "$PY" ]; then
+    echo "creating $VENV" >&2
+    python3 -m venv "$VENV"
+fi
+STAMP="$VENV/.poolrun-installed"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $EXTRAS"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    echo "installing poolrun[$EXTRAS] into $VENV" >&2
+    "$PY" -m pip install -q --upgrade pip >&2
+    "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
+    echo "$WANT" > "$STAMP"
+fi

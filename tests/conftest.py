@@ -1,0 +1,59 @@
+"""Shared fixtures: every test checks that it left no poolrun worker process behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def _is_helper(proc: psutil.Process) -> bool:
+    """multiprocessing's own long-lived helpers (forkserver, resource tracker) are not workers."""
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
+    return "forkserver" in cmd or "resource_tracker" in cmd or "dask" in cmd or "distributed" in cmd
+
+
+def live_workers(root: psutil.Process | None = None) -> list[psutil.Process]:
+    """Worker processes below ``root``: children of the forkserver, or plain children."""
+    root = root or psutil.Process()
+    found = []
+    for child in root.children(recursive=False):
+        try:
+            if _is_helper(child):
+                found += [
+                    p
+                    for p in child.children(recursive=True)
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                ]
+            elif child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll a condition with a deadline (for facts owned by other processes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def no_orphans(request):
+    yield
+    if request.node.get_closest_marker("dask"):
+        return
+    ok = wait_until(lambda: not live_workers(), timeout=10)
+    assert ok, f"worker processes left behind: {[p.pid for p in live_workers()]}"

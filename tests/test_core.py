@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 
@@ -81,7 +82,7 @@ def test_errors_stay_per_item_and_point_into_user_code():
     with pytest.raises(
         poolrun.ItemsFailed, match=r"1 of 10 items failed; first: item 3: ValueError"
     ):
-        run.values
+        _ = run.values
 
 
 def test_item_result_fields():
@@ -161,10 +162,8 @@ def test_memory_limit_keeps_worker_rss_under_it():
         me = psutil.Process()
         while not stop.is_set():
             for p in live_workers(me):
-                try:
+                with contextlib.suppress(psutil.Error):
                     peak[0] = max(peak[0], p.memory_info().rss)
-                except psutil.Error:
-                    pass
             stop.wait(0.005)
 
     sampler = threading.Thread(target=sample)

@@ -1,0 +1,95 @@
+"""The batch sizer as a pure object: fake timings and fake RSS readings, no processes."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from poolrun.batching import BatchSizer
+
+
+def test_grows_under_a_fast_clock_until_the_target():
+    sizer = BatchSizer(workers=2, target_seconds=0.02, max_size=100_000)
+    sizes = []
+    for _ in range(12):
+        n = sizer.next_size()
+        sizes.append(n)
+        sizer.observe(n, busy_seconds=n * 1e-6)  # 1 µs per item
+    assert sizes[0] == 1
+    assert sizes == sorted(sizes)
+    assert sizes[-1] == 20_000  # 0.02 s / 1 µs
+
+
+def test_growth_is_capped_per_step():
+    sizer = BatchSizer(workers=2, target_seconds=1.0)
+    sizer.observe(1, busy_seconds=1e-9)
+    assert sizer.next_size() == 4
+
+
+def test_shrinks_when_items_get_slow():
+    sizer = BatchSizer(workers=2, target_seconds=0.02, initial=1000)
+    sizer.observe(1000, busy_seconds=1000 * 1e-6)
+    sizer.observe(1000, busy_seconds=1000 * 1e-3)
+    sizer.observe(1000, busy_seconds=1000 * 1e-3)
+    assert sizer.next_size() < 40
+
+
+def test_shrinks_under_rising_rss():
+    limit = 1_000_000_000
+    sizer = BatchSizer(workers=2, target_seconds=10, max_rss=limit, initial=64)
+    rss, sizes = 100_000_000, []
+    for _ in range(12):
+        n = sizer.next_size()
+        sizes.append(n)
+        peak = rss + n * 4_000_000  # each item holds 4 MB until the batch ends
+        sizer.observe(n, busy_seconds=n * 1e-3, rss_start=rss, rss_peak=peak)
+        rss += 30_000_000  # and the worker keeps growing
+    assert sizes[-1] < sizes[1]
+    assert all(s >= 1 for s in sizes)
+    # every batch it chose after the first keeps the worker under the soft limit
+    assert all(
+        100_000_000 + i * 30_000_000 + s * 4_000_000 < 0.8 * limit
+        for i, s in enumerate(sizes)
+        if i > 0 and s > 1
+    )
+
+
+def test_halves_when_a_peak_nears_the_limit_and_recycles_above():
+    sizer = BatchSizer(workers=2, max_rss=1000, initial=64)
+    sizer.observe(64, 0.01, rss_start=100, rss_peak=800)
+    assert sizer.next_size() == 32
+    assert not sizer.must_recycle(rss_start=100, rss_peak=800)
+    assert sizer.must_recycle(rss_start=100, rss_peak=950)
+    assert sizer.must_recycle(rss_start=760, rss_peak=770)
+
+
+def test_fair_share_near_the_end():
+    sizer = BatchSizer(workers=2, initial=1000)
+    assert sizer.next_size(remaining=100_000) == 1000
+    assert sizer.next_size(remaining=100) == 25
+    assert sizer.next_size(remaining=3) == 1
+    assert sizer.next_size(remaining=0) == 1
+
+
+def test_fixed_size_is_fixed():
+    sizer = BatchSizer(workers=2, fixed=64)
+    sizer.observe(64, busy_seconds=100.0, rss_start=1, rss_peak=2)
+    assert sizer.next_size() == 64
+    assert sizer.next_size(remaining=10) == 10
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 10), st.integers(0, 10**10), st.integers(0, 10**10)),
+        max_size=50,
+    ),
+    st.integers(1, 5000),
+    st.one_of(st.none(), st.integers(1, 10**10)),
+)
+def test_never_below_one_never_above_the_cap(observations, cap, max_rss):
+    sizer = BatchSizer(workers=3, max_size=cap, max_rss=max_rss)
+    for busy, start, peak in observations:
+        n = sizer.next_size()
+        assert 1 <= n <= cap
+        sizer.observe(n, busy, start, peak)
+    assert 1 <= sizer.next_size() <= cap

@@ -1,0 +1,240 @@
+"""Fault tolerance with real crashes, real signals and real kills."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+import poolrun
+from conftest import live_workers, wait_until
+from funcs import (
+    allocate_mb,
+    exit_on,
+    fail_on_three,
+    flaky_until_third,
+    hang_on,
+    leak_2mb,
+    segfault_on,
+    sigkill_self_on,
+    slow_square,
+    square,
+)
+
+
+@pytest.mark.parametrize(
+    ("make", "cause"),
+    [
+        (segfault_on, "worker-died: SIGSEGV"),
+        (exit_on, "worker-died: exit 3"),
+        (sigkill_self_on, "worker-died: SIGKILL"),
+    ],
+    ids=["segfault", "os._exit", "sigkill"],
+)
+def test_only_the_crashing_item_fails(make, cause):
+    k = 37
+    run = poolrun.map(make(k), range(100), workers=2, batch_size=16)
+    assert [r.index for r in run.errors] == [k]
+    assert run.errors[0].error.cause == cause
+    assert [r.value for r in run.results if r.ok] == [x for x in range(100) if x != k]
+    assert run.report.worker_deaths == 2  # once in its batch, once alone
+
+
+@pytest.mark.parametrize(
+    ("items", "max_kills", "seed"),
+    [
+        (600, 8, 7),
+        pytest.param(3000, 30, 11, marks=pytest.mark.slow),
+        pytest.param(3000, 30, 12, marks=pytest.mark.slow),
+    ],
+)
+def test_chaos_kills_of_healthy_workers_lose_nothing(items, max_kills, seed):
+    kills = []
+    stop = threading.Event()
+
+    def killer():
+        rng = random.Random(seed)
+        while not stop.is_set() and len(kills) < max_kills:
+            stop.wait(rng.uniform(0.05, 0.15))
+            victims = live_workers()
+            if victims:
+                victim = rng.choice(victims)
+                try:
+                    victim.send_signal(signal.SIGKILL)
+                    kills.append(victim.pid)
+                except psutil.NoSuchProcess:
+                    pass
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        run = poolrun.map(slow_square, range(items), workers=2)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(kills) >= 5
+    assert [r.index for r in run.results] == list(range(items))
+    assert run.values == [x * x for x in range(items)]
+    assert run.report.worker_deaths >= 5
+
+
+def test_timeout_fails_only_the_hanging_item_promptly():
+    started = time.monotonic()
+    run = poolrun.map(hang_on(5), range(40), workers=2, batch_size=8, timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert [r.index for r in run.errors] == [5]
+    assert run.errors[0].error.cause == "timeout"
+    assert run.report.timeouts == 1
+    assert elapsed < 5, elapsed
+
+
+def test_retries_count_attempts(tmp_path):
+    run = poolrun.map(
+        flaky_until_third(str(tmp_path)), range(20), workers=2, retries=3, backoff=0.01
+    )
+    assert run.values == list(range(20))
+    assert {r.attempts for r in run.results} == {3}
+    assert run.report.retries == 40
+
+
+def test_retries_exhausted_keep_the_final_error(tmp_path):
+    run = poolrun.map(
+        flaky_until_third(str(tmp_path)), range(4), workers=2, retries=1, backoff=0.01
+    )
+    assert len(run.errors) == 4
+    assert all(r.attempts == 2 and r.error.type == "ConnectionError" for r in run.errors)
+
+
+def test_retry_on_filters_exception_types():
+    run = poolrun.map(fail_on_three, range(5), workers=2, retries=3, retry_on=KeyError)
+    assert run.errors[0].attempts == 1
+
+
+def test_leaking_function_is_recycled_under_the_limit():
+    limit = 300_000_000
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            for p in live_workers():
+                with contextlib.suppress(psutil.Error):
+                    peak[0] = max(peak[0], p.memory_info().rss)
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        run = poolrun.map(leak_2mb, range(1500), workers=2, max_rss="300MB")
+    finally:
+        stop.set()
+        sampler.join()
+    assert run.values == list(range(1500))
+    assert run.report.recycled > 0
+    assert peak[0] < limit, peak[0]
+
+
+def test_item_over_the_memory_limit_fails_alone():
+    run = poolrun.map(allocate_mb(7, 400), range(20), workers=2, max_rss="250MB", batch_size=4)
+    assert [r.index for r in run.errors] == [7]
+    assert run.errors[0].error.cause == "memory-limit"
+    assert run.report.memory_kills >= 1
+
+
+def test_failure_budget_aborts_with_results_so_far():
+    with pytest.raises(poolrun.RunAborted) as info:
+        poolrun.map(
+            fail_on_three, [3] * 50 + list(range(1000)), workers=2, batch_size=5, max_failures=10
+        )
+    partial = info.value.run
+    assert partial.failed >= 11
+    assert all(r.error.type == "ValueError" for r in partial.errors)
+
+
+def test_initializer_failure_is_a_clear_error():
+    def broken_init():
+        raise RuntimeError("model file missing")
+
+    with pytest.raises(poolrun.SetupFailed, match=r"initializer failed.*model file missing"):
+        poolrun.map(square, range(10), workers=2, initializer=broken_init)
+
+
+def test_initializer_runs_once_per_worker(tmp_path):
+    def init(path):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    marker = tmp_path / "inits"
+    run = poolrun.map(
+        square, range(200), workers=2, batch_size=10, initializer=init, initargs=(str(marker),)
+    )
+    assert run.ok
+    assert len(marker.read_text().split()) == 2
+
+
+CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import poolrun
+    from funcs import slow_square
+    print("started", flush=True)
+    poolrun.map(slow_square, range(100_000), workers=2)
+    """
+)
+
+
+def test_ctrl_c_during_map_exits_quickly_without_orphans():
+    script = CTRL_C_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    parent = psutil.Process(proc.pid)
+    assert proc.stdout.readline().strip() == b"started"
+    assert wait_until(lambda: len(live_workers(parent)) == 2, timeout=20)
+    workers = live_workers(parent)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the whole group
+    proc.wait(timeout=10)
+    assert time.monotonic() - sent < 5
+    assert b"KeyboardInterrupt" in proc.stderr.read()
+    assert wait_until(
+        lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
+        timeout=5,
+    )
+
+
+def test_workers_exit_when_supervisor_is_killed():
+    script = CTRL_C_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    parent = psutil.Process(proc.pid)
+    assert proc.stdout.readline().strip() == b"started"
+    assert wait_until(lambda: len(live_workers(parent)) == 2, timeout=20)
+    workers = live_workers(parent)
+    proc.kill()
+    proc.wait(timeout=10)
+
+    def gone(p):
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_until(lambda: all(gone(w) for w in workers), timeout=5)

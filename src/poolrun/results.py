@@ -8,7 +8,8 @@ item in an object costs more than the work itself in fine-grained jobs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +103,7 @@ class Segment:
         self.start = start
         self.n = n
         self.values: list[Any] = []
-        self.durations: list[float] = []
+        self.durations: Sequence[float] = array("d")
         self.errors: dict[int, ItemError] = {}
         self.overrides: dict[int, _Override] = {}
         self.remaining = n
@@ -113,7 +114,9 @@ class Segment:
     def done(self) -> bool:
         return self.remaining == 0
 
-    def fill_all(self, values: list[Any], durations: list[float], worker: int, batch: int) -> None:
+    def fill_all(
+        self, values: list[Any], durations: Sequence[float], worker: int, batch: int
+    ) -> None:
         """The fast path: one batch delivered every item of this segment."""
         self.values, self.durations = values, durations
         self.worker, self.batch = worker, batch
@@ -123,7 +126,7 @@ class Segment:
         """Make room for per-item filling (a batch that covers only part of the segment)."""
         if not self.values:
             self.values = [None] * self.n
-            self.durations = [0.0] * self.n
+            self.durations = array("d", bytes(8 * self.n))
             self.worker, self.batch = worker, batch
 
     def fill_one(

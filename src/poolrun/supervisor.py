@@ -106,7 +106,8 @@ class Supervisor:
         self.stats = stats
         self.trace = trace
         self.total = total
-        self.fn_id = backend.register(cloudpickle.dumps((fn, options.retry_on)))
+        track_start = options.timeout is not None
+        self.fn_id = backend.register(cloudpickle.dumps((fn, options.retry_on, track_start)))
         fixed = options.batch_size if isinstance(options.batch_size, int) else None
         self.sizer = BatchSizer(
             workers=options.workers,

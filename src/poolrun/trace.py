@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class Trace:
         batch: int,
         started: float,
         ended: float,
-        durations: list[float],
+        durations: Sequence[float],
         failed: int,
     ) -> None:
         self._track(worker, label)

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -71,17 +72,23 @@ def run_batch(
     batch_id: int,
     slot: memoryview,
     retry_on: tuple[type[BaseException], ...],
-) -> tuple[list[Any], list[float], list[tuple[int, str, str, str, bool]] | None]:
-    """Run ``fn`` over ``items``; the hot loop, so it avoids attribute look-ups."""
+    track_start: bool = True,
+) -> tuple[list[Any], array, list[tuple[int, str, str, str, bool]] | None]:
+    """Run ``fn`` over ``items``; the hot loop, so it avoids attribute look-ups.
+
+    Durations go in an ``array('d')``: it pickles as one block of bytes, not as many floats.
+    Item start times are written to the slot only when a timeout needs them.
+    """
     values: list[Any] = []
-    durations: list[float] = []
+    durations = array("d")
     errors: list[tuple[int, str, str, str, bool]] | None = None
     add_value, add_duration, clock = values.append, durations.append, time.perf_counter
     slot[SLOT_BATCH] = batch_id
     started = clock()
     for pos, item in enumerate(items):
         slot[SLOT_POS] = pos
-        slot[SLOT_STARTED] = started
+        if track_start:
+            slot[SLOT_STARTED] = started
         try:
             value = fn(item)
         except BaseException as exc:  # the item failed, not the worker
@@ -100,7 +107,7 @@ def run_batch(
 def encode_result(
     batch_id: int,
     values: list[Any],
-    durations: list[float],
+    durations: array,
     errors: list[tuple[int, str, str, str, bool]] | None,
     extra: tuple,
 ) -> bytes:
@@ -162,7 +169,7 @@ class WorkerLoop:
         self.conn = conn
         self.slot = memoryview(slot).cast("B").cast("d")
         self.blas_threads = blas_threads
-        self.functions: dict[int, tuple[Callable[[Any], Any], tuple[type[BaseException], ...]]] = {}
+        self.functions: dict[int, tuple[Any, ...]] = {}
         self.process = psutil.Process()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -180,17 +187,17 @@ class WorkerLoop:
 
     def install(self, fn_id: int, payload: bytes) -> None:
         try:
-            fn, retry_on = cloudpickle.loads(payload)
+            fn, retry_on, track_start = cloudpickle.loads(payload)
         except BaseException as exc:
             self.conn.send_bytes(dumps(("fn-failed", fn_id, *describe_exception(exc, 0))))
             return
         if len(self.functions) >= 8:
             self.functions.pop(next(iter(self.functions)))
-        self.functions[fn_id] = (fn, retry_on)
+        self.functions[fn_id] = (fn, retry_on, track_start)
         _pin_native_threads(self.blas_threads)
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
-        fn, retry_on = self.functions[fn_id]
+        fn, retry_on, track_start = self.functions[fn_id]
         rss_start = self.process.memory_info().rss
         t_start = time.perf_counter()
         try:
@@ -199,7 +206,7 @@ class WorkerLoop:
             self.conn.send_bytes(dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
             return
         del payload
-        values, durations, errors = run_batch(fn, items, batch_id, self.slot, retry_on)
+        values, durations, errors = run_batch(fn, items, batch_id, self.slot, retry_on, track_start)
         del items
         message = encode_result(
             batch_id, values, durations, errors, (t_start, time.perf_counter(), rss_start)

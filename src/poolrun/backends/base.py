@@ -8,6 +8,7 @@ worker's memory after a batch, a worker died (and which item it was running).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ class BatchDone:
     worker: int
     batch: int
     values: list[Any]
-    durations: list[float]
+    durations: Sequence[float]
     errors: list[tuple[int, str, str, str, bool]] | None
     started: float
     ended: float

@@ -213,9 +213,8 @@ class Pool:
         backend, opts = self._ready(fn, overrides)
         try:
             return _collect(_Call(backend, fn, items, opts))
-        except BaseException:
-            if not isinstance(sys.exc_info()[1], RunAborted | Exception):
-                self.terminate()
+        except KeyboardInterrupt:
+            self.terminate()  # Ctrl-C: don't wait for busy workers
             raise
 
     def imap(

@@ -7,9 +7,10 @@ durations and only the failed items' errors.
 
 Three things keep a worker from ever being a problem for its supervisor:
 
-* a reader thread drains the pipe into an inbox, so the supervisor's sends never block on a
-  worker that is busy sending a large result back (the classic two-way pipe deadlock); when
-  the pipe reaches EOF the supervisor is gone and the worker exits at once;
+* it reads the pipe only between batches, in its main thread (a reader thread would fight the
+  hot loop for the GIL and slow every large transfer); the supervisor sends large batches
+  from a sender thread, so a worker busy sending a result never deadlocks against it; when
+  the pipe reaches EOF the supervisor is gone and the worker exits;
 * a watcher thread waits on the supervisor's pidfd and exits the worker when the supervisor
   dies, even mid-item (no orphans after ``kill -9`` of the supervisor);
 * a small shared-memory slot always says which batch and item is running and since when, so
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import queue
 import resource
 import select
 import signal
@@ -66,6 +66,9 @@ def describe_exception(exc: BaseException, skip_frames: int = 1) -> tuple[str, s
     return name, str(exc), text
 
 
+TIMED_ITEM_SECONDS = 2e-6  # below this, reading the clock per item costs more than the item
+
+
 def run_batch(
     fn: Callable[[Any], Any],
     items: list[Any],
@@ -73,35 +76,66 @@ def run_batch(
     slot: memoryview,
     retry_on: tuple[type[BaseException], ...],
     track_start: bool = True,
+    timed: bool = True,
 ) -> tuple[list[Any], array, list[tuple[int, str, str, str, bool]] | None]:
-    """Run ``fn`` over ``items``; the hot loop, so it avoids attribute look-ups.
+    """Run ``fn`` over ``items``, each in its own ``try``; returns values, durations, errors.
 
     Durations go in an ``array('d')``: it pickles as one block of bytes, not as many floats.
-    Item start times are written to the slot only when a timeout needs them.
+    Item start times are written to the slot only when a timeout needs them. With
+    ``timed=False`` (items known to take under ~2 µs) each item gets the batch's mean time,
+    because a clock read per item would double the cost of such work.
     """
+    slot[SLOT_BATCH] = batch_id
+    if timed or track_start:
+        values, durations, errors = _run_timed(fn, items, slot, retry_on, track_start)
+    else:
+        started = time.perf_counter()
+        values, errors = _run_untimed(fn, items, slot, retry_on)
+        mean = (time.perf_counter() - started) / max(len(items), 1)
+        durations = array("d", [mean]) * len(items)
+    slot[SLOT_POS] = IDLE
+    return values, durations, errors
+
+
+def _failure(pos: int, exc: BaseException, retry_on: tuple) -> tuple[int, str, str, str, bool]:
+    return (pos, *describe_exception(exc), isinstance(exc, retry_on))
+
+
+def _run_timed(fn, items, slot, retry_on, track_start):
     values: list[Any] = []
     durations = array("d")
-    errors: list[tuple[int, str, str, str, bool]] | None = None
+    errors = None
     add_value, add_duration, clock = values.append, durations.append, time.perf_counter
-    slot[SLOT_BATCH] = batch_id
     started = clock()
     for pos, item in enumerate(items):
         slot[SLOT_POS] = pos
         if track_start:
             slot[SLOT_STARTED] = started
         try:
-            value = fn(item)
+            add_value(fn(item))
         except BaseException as exc:  # the item failed, not the worker
-            value = None
-            if errors is None:
-                errors = []
-            errors.append((pos, *describe_exception(exc), isinstance(exc, retry_on)))
-        add_value(value)
+            add_value(None)
+            errors = errors or []
+            errors.append(_failure(pos, exc, retry_on))
         now = clock()
         add_duration(now - started)
         started = now
-    slot[SLOT_POS] = IDLE
     return values, durations, errors
+
+
+def _run_untimed(fn, items, slot, retry_on):
+    values: list[Any] = []
+    errors = None
+    add_value = values.append
+    for pos, item in enumerate(items):
+        slot[SLOT_POS] = pos
+        try:
+            add_value(fn(item))
+        except BaseException as exc:  # the item failed, not the worker
+            add_value(None)
+            errors = errors or []
+            errors.append(_failure(pos, exc, retry_on))
+    return values, errors
 
 
 def encode_result(
@@ -139,14 +173,6 @@ def _watch_supervisor(pid: int) -> None:
     os._exit(EXIT_SUPERVISOR_GONE)
 
 
-def _read_inbox(conn: Any, inbox: queue.SimpleQueue) -> None:
-    while True:
-        try:
-            inbox.put(conn.recv_bytes())
-        except (EOFError, OSError):
-            os._exit(EXIT_SUPERVISOR_GONE)
-
-
 def _pin_native_threads(threads: int | None) -> None:
     """Keep BLAS/OpenMP pools to this worker's share of the CPUs (unless the user chose)."""
     if not threads:
@@ -171,19 +197,25 @@ class WorkerLoop:
         self.blas_threads = blas_threads
         self.functions: dict[int, tuple[Any, ...]] = {}
         self.process = psutil.Process()
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.timed = True
 
     def serve(self) -> None:
-        threading.Thread(target=_read_inbox, args=(self.conn, self.inbox), daemon=True).start()
         while True:
-            message = pickle.loads(self.inbox.get())
+            try:
+                message = pickle.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                os._exit(EXIT_SUPERVISOR_GONE)
             kind = message[0]
             if kind == "batch":
                 self.run(*message[1:])
             elif kind == "fn":
                 self.install(*message[1:])
             elif kind == "stop":
-                return
+                # Nothing is left to send; skip interpreter teardown, which can take longer
+                # than a whole batch of small items.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
 
     def install(self, fn_id: int, payload: bytes) -> None:
         try:
@@ -206,7 +238,11 @@ class WorkerLoop:
             self.conn.send_bytes(dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
             return
         del payload
-        values, durations, errors = run_batch(fn, items, batch_id, self.slot, retry_on, track_start)
+        began = time.perf_counter()
+        values, durations, errors = run_batch(
+            fn, items, batch_id, self.slot, retry_on, track_start, self.timed
+        )
+        self.timed = (time.perf_counter() - began) >= TIMED_ITEM_SECONDS * len(items)
         del items
         message = encode_result(
             batch_id, values, durations, errors, (t_start, time.perf_counter(), rss_start)

@@ -15,7 +15,9 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import queue
 import signal
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from ..options import available_cpus
 from .base import BatchDone, BatchMemory, BatchRejected, Event, SetupFailed, WorkerDied
 
 _LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+INLINE_BYTES = 64 * 1024  # a message this small fits in the socket buffer: send it inline
 
 
 @atexit.register
@@ -37,18 +40,64 @@ def _kill_leftovers() -> None:
         backend.close(wait=False)
 
 
+class _Outbox:
+    """Sends one worker's messages in order without ever blocking the supervisor's loop.
+
+    Small messages are written inline (they fit in the socket buffer). A large one goes to a
+    sender thread, and so does everything after it until the thread has caught up: a worker
+    reads only between batches, so an inline write of a large batch would stall the
+    supervisor until that worker finished its current batch.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.queued = 0
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def send(self, message: bytes) -> None:
+        with self.lock:
+            inline = self.queued == 0 and len(message) <= INLINE_BYTES
+            if not inline:
+                self.queued += 1
+        if inline:
+            self.conn.send_bytes(message)
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, daemon=True, name="poolrun-send")
+            self.thread.start()
+        self.queue.put(message)
+
+    def _run(self) -> None:
+        while (message := self.queue.get()) is not None:
+            with contextlib.suppress(OSError):  # a dead worker is reported by its sentinel
+                self.conn.send_bytes(message)
+            with self.lock:
+                self.queued -= 1
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+
+
 @dataclass(eq=False)
 class _Worker:
     process: Any
     conn: Any
     slot: memoryview
     handle: psutil.Process
+    outbox: _Outbox
     fn_ids: set[int] = field(default_factory=set)
     kill_cause: str | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def close(self) -> None:
+        self.outbox.close()
+        self.conn.close()
 
 
 def _death_cause(exitcode: int | None) -> str:
@@ -104,7 +153,9 @@ class LocalBackend:
         )
         process.start()
         child_end.close()
-        self.workers[process.pid] = _Worker(process, parent_end, view, psutil.Process(process.pid))
+        self.workers[process.pid] = _Worker(
+            process, parent_end, view, psutil.Process(process.pid), _Outbox(parent_end)
+        )
         log.debug("started worker {}", process.pid)
         return process.pid
 
@@ -117,7 +168,10 @@ class LocalBackend:
     def replace(self, worker_id: int) -> int:
         gone = self.workers.pop(worker_id, None)
         if gone is not None:
-            gone.conn.close()
+            if gone.process.is_alive():
+                gone.process.kill()
+                gone.process.join(timeout=5)
+            gone.close()
         self.restarts += 1
         return self._spawn()
 
@@ -125,8 +179,8 @@ class LocalBackend:
         """Ask an idle worker to exit, and start its replacement right away."""
         old = self.workers.pop(worker_id)
         with contextlib.suppress(OSError):
-            old.conn.send_bytes(worker.dumps(("stop",)))
-        old.conn.close()
+            old.outbox.send(worker.dumps(("stop",)))
+        old.close()
         self.retiring.append(old.process)
         self.restarts += 1
         log.debug("recycling worker {} (memory)", worker_id)
@@ -141,7 +195,7 @@ class LocalBackend:
         for w in self.workers.values():
             try:
                 if wait:
-                    w.conn.send_bytes(worker.dumps(("stop",)))
+                    w.outbox.send(worker.dumps(("stop",)))
             except OSError:
                 pass
         if wait:
@@ -152,7 +206,7 @@ class LocalBackend:
         for process in processes:
             process.join(timeout=5)
         for w in self.workers.values():
-            w.conn.close()
+            w.close()
         self.workers.clear()
         self.retiring.clear()
         _LIVE.discard(self)
@@ -168,9 +222,9 @@ class LocalBackend:
         w = self.workers[worker_id]
         try:
             if fn_id not in w.fn_ids:
-                w.conn.send_bytes(worker.dumps(("fn", fn_id, self.functions[fn_id])))
+                w.outbox.send(worker.dumps(("fn", fn_id, self.functions[fn_id])))
                 w.fn_ids.add(fn_id)
-            w.conn.send_bytes(worker.dumps(("batch", batch, fn_id, payload)))
+            w.outbox.send(worker.dumps(("batch", batch, fn_id, payload)))
         except OSError:
             pass  # the worker is dead; its sentinel reports it and the batch is re-run
 

@@ -86,7 +86,7 @@ class BatchSizer:
 
     def _time_size(self, n: int) -> int:
         grown = max(1, int(max(self.size, n) * GROWTH_CAP))
-        if not self.per_item_seconds:
+        if not self.per_item_seconds or self.per_item_seconds < 1e-12:
             return grown
         return min(grown, max(1, int(self.target_seconds / self.per_item_seconds)))
 

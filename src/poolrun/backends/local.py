@@ -1,8 +1,9 @@
 """The local backend: long-lived worker processes on this machine, one duplex pipe each.
 
-The supervisor waits on every worker's pipe and process sentinel at once
-(``multiprocessing.connection.wait``), so a result or a death wakes it immediately: there is
-no polling loop and no feeder thread. Each worker also shares a three-number slot (batch,
+The supervisor polls every worker's pipe and process sentinel at once (and a pipe's
+writability while a large batch is still going out, see :mod:`.channel`), so a result or a
+death wakes it immediately: there is no polling loop and no feeder thread. Each worker also
+shares a three-number slot (batch,
 position, start time of the item it is running), read here to blame the right item when a
 worker dies, and to enforce per-item timeouts.
 """
@@ -15,9 +16,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import queue
+import select
 import signal
-import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +28,10 @@ import psutil
 from .. import log, worker
 from ..options import available_cpus
 from .base import BatchDone, BatchMemory, BatchRejected, Event, SetupFailed, WorkerDied
+from .channel import Channel
 
 _LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
-INLINE_BYTES = 64 * 1024  # a message this small fits in the socket buffer: send it inline
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 @atexit.register
@@ -40,54 +41,13 @@ def _kill_leftovers() -> None:
         backend.close(wait=False)
 
 
-class _Outbox:
-    """Sends one worker's messages in order without ever blocking the supervisor's loop.
-
-    Small messages are written inline (they fit in the socket buffer). A large one goes to a
-    sender thread, and so does everything after it until the thread has caught up: a worker
-    reads only between batches, so an inline write of a large batch would stall the
-    supervisor until that worker finished its current batch.
-    """
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-        self.queued = 0
-        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
-
-    def send(self, message: bytes) -> None:
-        with self.lock:
-            inline = self.queued == 0 and len(message) <= INLINE_BYTES
-            if not inline:
-                self.queued += 1
-        if inline:
-            self.conn.send_bytes(message)
-            return
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, daemon=True, name="poolrun-send")
-            self.thread.start()
-        self.queue.put(message)
-
-    def _run(self) -> None:
-        while (message := self.queue.get()) is not None:
-            with contextlib.suppress(OSError):  # a dead worker is reported by its sentinel
-                self.conn.send_bytes(message)
-            with self.lock:
-                self.queued -= 1
-
-    def close(self) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-
-
 @dataclass(eq=False)
 class _Worker:
     process: Any
     conn: Any
     slot: memoryview
     handle: psutil.Process
-    outbox: _Outbox
+    channel: Channel
     fn_ids: set[int] = field(default_factory=set)
     kill_cause: str | None = None
 
@@ -96,8 +56,7 @@ class _Worker:
         return self.process.pid
 
     def close(self) -> None:
-        self.outbox.close()
-        self.conn.close()
+        self.channel.close()
 
 
 def _death_cause(exitcode: int | None) -> str:
@@ -125,7 +84,7 @@ class LocalBackend:
         self.size = workers
         self.context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            self.context.set_forkserver_preload(["poolrun.worker", *preload])
+            self.context.set_forkserver_preload(["poolrun.worker", "threadpoolctl", *preload])
         self.initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
         self.blas_threads = max(1, available_cpus() // workers)
         self.workers: dict[int, _Worker] = {}
@@ -154,7 +113,7 @@ class LocalBackend:
         process.start()
         child_end.close()
         self.workers[process.pid] = _Worker(
-            process, parent_end, view, psutil.Process(process.pid), _Outbox(parent_end)
+            process, parent_end, view, psutil.Process(process.pid), Channel(parent_end)
         )
         log.debug("started worker {}", process.pid)
         return process.pid
@@ -179,7 +138,7 @@ class LocalBackend:
         """Ask an idle worker to exit, and start its replacement right away."""
         old = self.workers.pop(worker_id)
         with contextlib.suppress(OSError):
-            old.outbox.send(worker.dumps(("stop",)))
+            old.channel.send(worker.dumps(("stop",)))
         old.close()
         self.retiring.append(old.process)
         self.restarts += 1
@@ -195,7 +154,7 @@ class LocalBackend:
         for w in self.workers.values():
             try:
                 if wait:
-                    w.outbox.send(worker.dumps(("stop",)))
+                    w.channel.send(worker.dumps(("stop",)))
             except OSError:
                 pass
         if wait:
@@ -220,13 +179,10 @@ class LocalBackend:
 
     def submit(self, worker_id: int, batch: int, fn_id: int, payload: bytes) -> None:
         w = self.workers[worker_id]
-        try:
-            if fn_id not in w.fn_ids:
-                w.outbox.send(worker.dumps(("fn", fn_id, self.functions[fn_id])))
-                w.fn_ids.add(fn_id)
-            w.outbox.send(worker.dumps(("batch", batch, fn_id, payload)))
-        except OSError:
-            pass  # the worker is dead; its sentinel reports it and the batch is re-run
+        if fn_id not in w.fn_ids:
+            w.channel.send(worker.dumps(("fn", fn_id, self.functions[fn_id])))
+            w.fn_ids.add(fn_id)
+        w.channel.send(worker.dumps(("batch", batch, fn_id, payload)))
 
     def running(self, worker_id: int) -> tuple[int, int, float] | None:
         slot = self.workers[worker_id].slot
@@ -248,20 +204,34 @@ class LocalBackend:
             w.process.kill()
 
     def wait(self, timeout: float | None) -> list[Event]:
-        by_conn = {w.conn: w for w in self.workers.values()}
-        by_sentinel = {w.process.sentinel: w for w in self.workers.values()}
-        retiring = {p.sentinel: p for p in self.retiring}
-        ready = multiprocessing.connection.wait([*by_conn, *by_sentinel, *retiring], timeout)
+        """Block until a result, a death or writable room for a pending send, or ``timeout``."""
+        poller = select.poll()
+        watched: dict[int, tuple[str, Any]] = {}
+        for w in self.workers.values():
+            watched[w.conn.fileno()] = ("conn", w)
+            watched[w.process.sentinel] = ("dead", w)
+            if w.channel.wants_write:
+                watched[w.channel.fileno()] = ("send", w)
+                poller.register(w.channel.fileno(), select.POLLOUT)
+        for process in self.retiring:
+            watched[process.sentinel] = ("retired", process)
+        for fd, (kind, _) in watched.items():
+            if kind != "send":
+                poller.register(fd, select.POLLIN)
+        ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
         events: list[Event] = []
         dead = []
-        for obj in ready:
-            if obj in by_conn:
-                self._drain(by_conn[obj], events)
-            elif obj in by_sentinel:
-                dead.append(by_sentinel[obj])
-            else:
-                retiring[obj].join()
-                self.retiring.remove(retiring[obj])
+        for fd, mask in ready:
+            kind, who = watched[fd]
+            if kind == "send":
+                who.channel.flush()
+            elif kind == "conn" and mask & _READABLE:
+                self._drain(who, events)
+            elif kind == "dead":
+                dead.append(who)
+            elif kind == "retired":
+                who.join()
+                self.retiring.remove(who)
         for w in dead:
             self._drain(w, events)
             events.append(self._death(w))

@@ -1,0 +1,77 @@
+"""Non-blocking sends over a ``multiprocessing`` pipe, for a single-threaded supervisor.
+
+A worker reads its pipe only between batches, so a blocking write of a batch larger than the
+socket buffer would stall the supervisor until that worker finished its current batch (and
+could deadlock against a worker blocked sending a large result). Instead each message is
+framed exactly as ``Connection.send_bytes`` frames it (so the worker reads it with plain
+``recv_bytes``) and written with ``MSG_DONTWAIT``; what does not fit waits in ``pending``
+and is flushed when the supervisor's poll says the socket is writable again.
+No threads, no copies of the payload (``sendmsg`` gathers header and payload).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections import deque
+from typing import Any
+
+_IOV_MAX = 512
+
+
+def frame_header(size: int) -> bytes:
+    """The length prefix ``multiprocessing.connection.Connection`` expects."""
+    if size > 0x7FFFFFFF:
+        return struct.pack("!i", -1) + struct.pack("!Q", size)
+    return struct.pack("!i", size)
+
+
+class Channel:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self.pending: deque[memoryview] = deque()
+        self.broken = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, payload: bytes) -> None:
+        """Queue one message and write as much as the socket takes now."""
+        if self.broken:
+            return
+        self.pending.append(memoryview(frame_header(len(payload))))
+        self.pending.append(memoryview(payload))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending and not self.broken:
+            try:
+                sent = self.sock.sendmsg(list(self.pending)[:_IOV_MAX], [], socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # the worker is gone; its sentinel reports that
+                self.broken = True
+                self.pending.clear()
+                return
+            self._consume(sent)
+
+    def _consume(self, sent: int) -> None:
+        while sent:
+            head = self.pending[0]
+            if sent >= len(head):
+                sent -= len(head)
+                self.pending.popleft()
+            else:
+                self.pending[0] = head[sent:]
+                sent = 0
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self.pending)
+
+    def close(self) -> None:
+        self.pending.clear()
+        self.sock.close()
+        self.conn.close()

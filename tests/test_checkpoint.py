@@ -83,7 +83,7 @@ def test_save_replaces_atomically_and_restarts_the_clock(tmp_path) -> None:
 
 
 def test_load_refuses_a_missing_or_foreign_checkpoint(tmp_path) -> None:
-    with pytest.raises(ResumeRefused, match="no checkpoint at .*run without --resume"):
+    with pytest.raises(ResumeRefused, match=r"no checkpoint at .*run without --resume"):
         Checkpoint(tmp_path / "none.json").load()
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ResumeRefused, match="not a checkpoint"):

@@ -107,7 +107,7 @@ def test_skip_hashes_the_prefix_then_lines_continue(plain) -> None:
 
 
 def test_a_missing_input_is_an_input_error(tmp_path) -> None:
-    with pytest.raises(InputError, match="cannot read .*No such file"):
+    with pytest.raises(InputError, match=r"cannot read .*No such file"):
         Input(str(tmp_path / "missing.jsonl"))
     with pytest.raises(InputError, match="Is a directory"):
         Input(str(tmp_path))
@@ -185,7 +185,7 @@ def test_error_record_for_an_invalid_line_keeps_the_raw_text() -> None:
     record = orjson.loads(error_record(4, b"not json\r\n", error))
     assert record == {
         "line": 4,
-        "input": "not json",
+        "input": "not json\r",  # exactly the line's bytes, so retry reruns the same input
         "error": {
             "type": "JSONDecodeError",
             "message": "unexpected character",
@@ -226,10 +226,10 @@ def test_read_errors_gives_failed_lines_back_in_line_order(tmp_path, numbers) ->
     _errors_file(path, numbers)
     got = list(read_errors(str(path)))
     assert got == [
-        (1, 0, b'{"n":1}'),
-        (2, 0, b"raw 2"),
-        (5, 0, b'{"n":5}'),
-        (9, 0, b'{"n":9}'),
+        (1, 0, b'{"n":1}\n'),
+        (2, 0, b"raw 2\n"),
+        (5, 0, b'{"n":5}\n'),
+        (9, 0, b'{"n":9}\n'),
     ]
 
 
@@ -309,11 +309,11 @@ def test_a_spec_file_that_fails_to_import_says_why(tmp_path) -> None:
     (tmp_path / "broken.py").write_text("def f(x) return x\n")
     (tmp_path / "needs.py").write_text("import no_such_dependency_xyz\n")
     (tmp_path / "folder.py").mkdir()
-    with pytest.raises(SpecError, match="importing .*broken.py' failed: SyntaxError"):
+    with pytest.raises(SpecError, match=r"importing .*broken\.py' failed: SyntaxError"):
         resolve(f"{tmp_path}/broken.py:f")
     with pytest.raises(SpecError, match="ModuleNotFoundError: No module named 'no_such_dep"):
         resolve(f"{tmp_path}/needs.py:f")
-    with pytest.raises(SpecError, match="folder.py': not a file"):
+    with pytest.raises(SpecError, match=r"folder\.py': not a file"):
         resolve(f"{tmp_path}/folder.py:f")
 
 

@@ -196,7 +196,7 @@ def _errors_records(path: str) -> Iterator[Line]:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise InputError(f"{path!r} line {number} is not a poolrun errors record") from None
             raw = value.encode() if cause == "invalid-json" else orjson.dumps(value)
-            yield line, 0, raw
+            yield line, 0, raw + b"\n"
     finally:
         source.close()
 
@@ -232,7 +232,8 @@ def error_record(line: int, raw: bytes, error: ItemError) -> bytes:
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace").rstrip("\r\n")
+    """The line as text, without its newline (``retry`` puts it back, to rerun the same bytes)."""
+    return raw.removesuffix(b"\n").decode("utf-8", "replace")
 
 
 class LineWriter:

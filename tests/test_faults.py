@@ -46,7 +46,9 @@ def test_only_the_crashing_item_fails(make, cause):
     assert [r.index for r in run.errors] == [k]
     assert run.errors[0].error.cause == cause
     assert [r.value for r in run.results if r.ok] == [x for x in range(100) if x != k]
-    assert run.report.worker_deaths == 2  # once in its batch, once alone
+    # once in its batch, then alone until the evidence is enough (more for a SIGKILL, which
+    # could have come from outside)
+    assert run.report.worker_deaths == (4 if "SIGKILL" in cause else 2)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +66,7 @@ def test_chaos_kills_of_healthy_workers_lose_nothing(items, max_kills, seed):
     def killer():
         rng = random.Random(seed)
         while not stop.is_set() and len(kills) < max_kills:
-            stop.wait(rng.uniform(0.05, 0.15))
+            stop.wait(rng.uniform(0.1, 0.25))
             victims = live_workers()
             if victims:
                 victim = rng.choice(victims)

@@ -57,6 +57,10 @@ from .trace import Trace
 
 RSS_SAMPLE_SECONDS = 0.05
 DEATHS_BEFORE_BLAME = 2  # an item fails after killing this many workers (the last time alone)
+# A SIGKILL or SIGTERM may come from outside (the OOM killer, an operator, a chaos test) and
+# hit whatever item happened to run, so it takes more evidence to blame an item for one.
+EXTERNAL_DEATHS_BEFORE_BLAME = 4
+EXTERNAL_CAUSES = ("worker-died: SIGKILL", "worker-died: SIGTERM")
 
 
 class FailureBudgetExceeded(Exception):
@@ -465,7 +469,8 @@ class Supervisor:
             )
             return None
         extra.deaths += 1
-        if extra.deaths >= DEATHS_BEFORE_BLAME + self.opts.retries and alone:
+        needed = EXTERNAL_DEATHS_BEFORE_BLAME if cause in EXTERNAL_CAUSES else DEATHS_BEFORE_BLAME
+        if extra.deaths >= needed + self.opts.retries and alone:
             self._finish_item(segment, pos, None, 0.0, w, None, self._death_error(cause))
             return None
         extra.attempts += 1

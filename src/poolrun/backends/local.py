@@ -46,7 +46,7 @@ class _Worker:
     process: Any
     conn: Any
     slot: memoryview
-    handle: psutil.Process
+    handle: psutil.Process | None
     channel: Channel
     fn_ids: set[int] = field(default_factory=set)
     kill_cause: str | None = None
@@ -57,6 +57,14 @@ class _Worker:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def _process_handle(pid: int) -> psutil.Process | None:
+    """None when the worker is already gone (e.g. its initializer failed at once)."""
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def _death_cause(exitcode: int | None) -> str:
@@ -113,7 +121,7 @@ class LocalBackend:
         process.start()
         child_end.close()
         self.workers[process.pid] = _Worker(
-            process, parent_end, view, psutil.Process(process.pid), Channel(parent_end)
+            process, parent_end, view, _process_handle(process.pid), Channel(parent_end)
         )
         log.debug("started worker {}", process.pid)
         return process.pid
@@ -192,9 +200,10 @@ class LocalBackend:
         return int(slot[worker.SLOT_BATCH]), int(pos), slot[worker.SLOT_STARTED]
 
     def rss(self, worker_id: int) -> int | None:
+        w = self.workers.get(worker_id)
         try:
-            return self.workers[worker_id].handle.memory_info().rss
-        except (psutil.Error, KeyError):
+            return w.handle.memory_info().rss if w and w.handle else None
+        except psutil.Error:
             return None
 
     def kill(self, worker_id: int, cause: str) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from loguru import logger as _logger
-
 _LEVELS = {"trace": 5, "debug": 10, "info": 20, "success": 25, "warning": 30, "error": 40}
 
 
@@ -22,19 +20,25 @@ def _threshold() -> int:
 
 
 _THRESHOLD = _threshold()
-logger = _logger.bind(component="poolrun")
+
+
+def _logger() -> Any:
+    """loguru, imported when the first message is emitted (most runs emit none)."""
+    from loguru import logger
+
+    return logger.bind(component="poolrun").opt(depth=1)
 
 
 def debug(message: str, *args: Any) -> None:
     if _THRESHOLD <= 10:
-        logger.opt(depth=1).debug(message, *args)
+        _logger().debug(message, *args)
 
 
 def info(message: str, *args: Any) -> None:
     if _THRESHOLD <= 20:
-        logger.opt(depth=1).info(message, *args)
+        _logger().info(message, *args)
 
 
 def warning(message: str, *args: Any) -> None:
     if _THRESHOLD <= 30:
-        logger.opt(depth=1).warning(message, *args)
+        _logger().warning(message, *args)

@@ -11,8 +11,6 @@ import sys
 import time
 from typing import TextIO
 
-from tqdm import tqdm
-
 LOG_EVERY_SECONDS = 5.0
 
 
@@ -27,6 +25,8 @@ class Progress:
         self.last_line = self.started
         self.bar = None
         if enabled and self.stream.isatty():
+            from tqdm import tqdm  # imported only when a bar is shown: it is slow to import
+
             self.bar = tqdm(
                 total=total, unit="item", file=self.stream, dynamic_ncols=True, smoothing=0.1
             )

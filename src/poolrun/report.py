@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 _BINS_PER_DECADE = 50
 _LOW_EXP = -8  # 10 ns
 _HIGH_EXP = 5  # ~28 hours
@@ -25,16 +23,24 @@ FINE_GRAINED_SECONDS = 5e-6
 
 
 class LatencyHistogram:
-    """Item durations in log-spaced bins (2% wide): exact enough for p50/p95/p99."""
+    """Item durations in log-spaced bins (2% wide): exact enough for p50/p95/p99.
+
+    numpy is imported on first use rather than with poolrun, so neither ``import poolrun`` nor
+    the worker processes (which import poolrun.worker) pay for it.
+    """
 
     def __init__(self) -> None:
-        self.counts = np.zeros(_NBINS, dtype=np.int64)
+        self.counts: Any = None
         self.total = 0.0
         self.n = 0
 
     def add(self, durations: Sequence[float]) -> None:
-        if not durations:
+        if not len(durations):
             return
+        import numpy as np
+
+        if self.counts is None:
+            self.counts = np.zeros(_NBINS, dtype=np.int64)
         arr = np.asarray(durations, dtype=np.float64)
         self.total += float(arr.sum())
         self.n += arr.size
@@ -45,6 +51,8 @@ class LatencyHistogram:
     def percentile(self, q: float) -> float | None:
         if self.n == 0:
             return None
+        import numpy as np
+
         rank = math.ceil(q / 100.0 * self.n)
         idx = int(np.searchsorted(np.cumsum(self.counts), max(rank, 1)))
         centre = _LOW_EXP + (idx - 0.5) / _BINS_PER_DECADE

@@ -149,6 +149,17 @@ def test_stdin_to_stdout_with_the_default_errors_file(work, tmp_path) -> None:
     assert "they are in poolrun.errors.jsonl" in done.stderr.decode()
 
 
+def test_output_to_a_device_keeps_errors_and_checkpoint_out_of_dev(work, tmp_path) -> None:
+    done = poolrun("run", spec(work), str(work / "small.jsonl"), "-o", "/dev/null", cwd=tmp_path)
+    assert done.returncode == 1
+    assert (
+        error_lines(tmp_path / "poolrun.errors.jsonl")
+        == serial((work / "small.jsonl").read_bytes())[1]
+    )
+    assert not Path("/dev/null.errors.jsonl").exists()
+    assert not Path("/dev/null.checkpoint.json").exists()
+
+
 def test_a_module_spec_is_found_in_the_working_directory(work, tmp_path) -> None:
     (tmp_path / "mymod.py").write_text(FNS)
     done = poolrun("run", "mymod:fixed", str(work / "small.jsonl"), "-o", "o.jsonl", cwd=tmp_path)
@@ -305,7 +316,8 @@ def test_retry_will_not_overwrite_the_errors_file_it_reads(work, tmp_path) -> No
         (["run", "SPEC"], "Missing argument 'INPUT'"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["run", "SPEC", "-", "-o", "WORK/x.jsonl", "--resume"], "stdin cannot be read again"),
-        (["run", "SPEC", "IN", "--resume"], "stdout cannot be cut back"),
+        (["run", "SPEC", "IN", "--resume"], "the output cannot be cut back"),
+        (["run", "SPEC", "IN", "-o", "/dev/null", "--resume"], "the output cannot be cut back"),
         (["run", "SPEC", "IN", "-o", "WORK/x.jsonl", "--unordered", "--resume"], "--unordered"),
         (["run", "SPEC", "IN", "-o", "WORK/none.jsonl", "--resume"], "no checkpoint at"),
         (["retry", "WORK/missing.jsonl", "SPEC"], "does not exist"),

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -261,12 +262,14 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "-w",
             "--workers",
             type=click.IntRange(min=1),
+            metavar="N",
             help="Worker processes (default: the CPUs this process may use). Example: -w 4",
         ),
         click.option(
             "-b",
             "--batch-size",
             default="auto",
+            metavar="auto|N",
             show_default=True,
             help="Lines per batch sent to a worker: 'auto' sizes batches to about 20 ms of "
             "work each, from measurements. Example: -b 256",
@@ -287,6 +290,7 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--retries",
             type=click.IntRange(min=0),
+            metavar="N",
             default=0,
             show_default=True,
             help="Times a line that raised (or timed out) is run again before it counts as "
@@ -362,7 +366,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--max-failures",
             metavar="N|P%",
             help="Stop (exit 3) once more than N lines, or more than P% of the lines read, "
-            "failed; the outputs written so far stay valid. Example: --max-failures 1%",
+            "failed; the outputs written so far stay valid and resumable (a count spans the "
+            "resumed runs too). Example: --max-failures 1%",
         ),
         click.option(
             "--no-progress",
@@ -394,7 +399,18 @@ def _engine_kwargs(flags: dict[str, Any], max_failures: int | float | None) -> d
         make_options(**kwargs)
     except (ValueError, TypeError) as exc:
         raise click.UsageError(_flag_names(str(exc))) from None
+    if kwargs["backend"] == "dask":
+        _check_dask()
     return kwargs
+
+
+def _check_dask() -> None:
+    try:
+        import_module("poolrun.backends.dask")
+    except ImportError as exc:
+        raise SetupError(
+            f"--backend dask needs the dask extra (pip install 'poolrun[dask]'): {exc}"
+        ) from None
 
 
 def _flag_names(message: str) -> str:
@@ -419,8 +435,16 @@ def _stem(output: str) -> str:
 
 
 def errors_path(output: str | None) -> str:
-    """Where failures go without --errors: next to the output, or ./poolrun.errors.jsonl."""
-    return STDOUT_ERRORS if output is None else _stem(output) + ".errors.jsonl"
+    """Where failures go without --errors: next to the output file, or ./poolrun.errors.jsonl
+    when the output is stdout or a device (``-o /dev/null``)."""
+    if output is None or not _regular(output):
+        return STDOUT_ERRORS
+    return _stem(output) + ".errors.jsonl"
+
+
+def _regular(path: str) -> bool:
+    """A regular file, or one still to be made (not a device or a FIFO)."""
+    return not os.path.exists(path) or os.path.isfile(path)
 
 
 def checkpoint_path(output: str) -> str:
@@ -482,14 +506,14 @@ def _resumable(
     reason = None
     if source.is_stdin:
         reason = "stdin cannot be read again"
-    elif targets.output is None:
-        reason = "stdout cannot be cut back; use -o FILE"
+    elif targets.output is None or not _regular(targets.output):
+        reason = "the output cannot be cut back; use -o FILE"
     elif not ordered:
         reason = "--unordered output has no single point to resume from"
     if reason is not None:
         if resume:
             raise SetupError(f"cannot --resume: {reason}")
-        if targets.output is not None:
+        if targets.output is not None and _regular(targets.output):
             Path(checkpoint_path(targets.output)).unlink(missing_ok=True)  # a stale one
         return None
     assert targets.output is not None
@@ -533,7 +557,6 @@ def cli() -> None:
 @click.argument("spec")
 @click.argument("input", metavar="INPUT")
 @output_options
-@engine_options
 @click.option(
     "--resume",
     is_flag=True,
@@ -542,6 +565,7 @@ def cli() -> None:
     "as an uninterrupted run writes them. Refused when the input, SPEC or outputs changed, "
     "and for stdin, stdout or --unordered. Example: --resume",
 )
+@engine_options
 @click.pass_obj
 def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
     """Run SPEC over each line of INPUT; write results to OUT, failures to the errors file.
@@ -556,6 +580,9 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
     blank lines are skipped. A line that is not JSON, or whose call raises, goes to the
     errors file with its line number and the run goes on. The summary report is printed
     on stderr at the end.
+
+    Exit codes: 0 all lines succeeded, 1 some failed, 2 usage or setup error, 3 stopped by
+    --max-failures, 130 interrupted (SIGINT/SIGTERM; a second Ctrl-C exits at once).
 
     \b
     Examples:
@@ -625,7 +652,7 @@ def retry(guard: Guard, errors_file: str, spec: str, **flags: Any) -> int:
     options = _engine_kwargs(flags, _max_failures(flags["max_failures"]))
     targets = Targets.from_flags(flags)
     _check_paths(errors_file, targets.paths())
-    if targets.output is not None:
+    if targets.output is not None and _regular(targets.output):
         Path(checkpoint_path(targets.output)).unlink(missing_ok=True)  # not this run's
     out, errors = _writers(targets, 0, 0)
     progress = Progress(None, not flags["no_progress"])

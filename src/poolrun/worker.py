@@ -162,6 +162,14 @@ def encode_result(
     return dumps(("done", batch_id, values, durations, errors, *extra))
 
 
+def send(conn: Any, message: bytes) -> None:
+    """Send to the supervisor; if it is gone, exit quietly (nobody is left to read a traceback)."""
+    try:
+        conn.send_bytes(message)
+    except OSError:
+        os._exit(EXIT_SUPERVISOR_GONE)
+
+
 def _watch_supervisor(pid: int) -> None:
     """Exit this worker as soon as the supervisor process is gone."""
     try:
@@ -221,7 +229,7 @@ class WorkerLoop:
         try:
             fn, retry_on, track_start = cloudpickle.loads(payload)
         except BaseException as exc:
-            self.conn.send_bytes(dumps(("fn-failed", fn_id, *describe_exception(exc, 0))))
+            send(self.conn, dumps(("fn-failed", fn_id, *describe_exception(exc, 0))))
             return
         if len(self.functions) >= 8:
             self.functions.pop(next(iter(self.functions)))
@@ -235,7 +243,7 @@ class WorkerLoop:
         try:
             items = pickle.loads(payload)
         except BaseException as exc:
-            self.conn.send_bytes(dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
+            send(self.conn, dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
             return
         del payload
         began = time.perf_counter()
@@ -251,10 +259,10 @@ class WorkerLoop:
         # Measured after pickling, so the peak includes the message itself; it travels in a
         # second small message rather than forcing a copy of a possibly large payload.
         rss_peak = self.process.memory_info().rss
-        self.conn.send_bytes(message)
+        send(self.conn, message)
         del message
         max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.conn.send_bytes(dumps(("rss", batch_id, rss_start, rss_peak, max_rss)))
+        send(self.conn, dumps(("rss", batch_id, rss_start, rss_peak, max_rss)))
 
 
 def main(
@@ -269,6 +277,6 @@ def main(
             init, initargs = cloudpickle.loads(initializer)
             init(*initargs)
         except BaseException as exc:
-            conn.send_bytes(dumps(("init-failed", os.getpid(), *describe_exception(exc))))
+            send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))
             os._exit(EXIT_INIT_FAILED)
     WorkerLoop(conn, slot, blas_threads).serve()

@@ -48,18 +48,29 @@ def test_watermark_hashes_the_handled_prefix_and_snapshots_it() -> None:
     lines = [b'{"a": 1}\n', b"\n", b'{"a": 2}\n']
     mark = base()
     watermark = Watermark(mark, new_hash())
-    end = 0
-    for number, raw in enumerate(lines, 1):
-        end += len(raw)
-        watermark.advance(number, end, raw, output_size=10 * number, errors_size=number)
-    snap = watermark.snapshot(mark, failed=1, complete=True)
-    assert (snap.line, snap.offset, snap.output_size, snap.errors_size) == (3, end, 30, 3)
+    for raw in lines:
+        watermark.advance(raw)
+    snap = watermark.snapshot(mark, (30, 3), failed=1, complete=True)
+    assert (snap.line, snap.offset) == (3, sum(map(len, lines)))
+    assert (snap.output_size, snap.errors_size) == (30, 3)
     assert snap.prefix_hash == hashlib.sha1(b"".join(lines)).hexdigest()
     assert (snap.failed, snap.complete, snap.spec) == (1, True, "m:f")
 
 
+def test_a_resumed_watermark_goes_on_from_its_mark() -> None:
+    first, second = b'{"a": 1}\n', b'{"a": 2}\n'
+    hasher = new_hash()
+    hasher.update(first)  # what --resume hashed while skipping the handled prefix
+    mark = Mark("m:f", "/e", 18, offset=len(first), line=1, prefix_hash=hasher.hexdigest())
+    watermark = Watermark(mark, hasher)
+    watermark.advance(second)
+    snap = watermark.snapshot(mark, (0, 0), failed=0, complete=False)
+    assert (snap.line, snap.offset) == (2, len(first + second))
+    assert snap.prefix_hash == hashlib.sha1(first + second).hexdigest()
+
+
 def test_a_fresh_watermark_is_the_empty_prefix() -> None:
-    snap = Watermark(base(), new_hash()).snapshot(base(), failed=0)
+    snap = Watermark(base(), new_hash()).snapshot(base(), (0, 0), failed=0, complete=False)
     assert (snap.offset, snap.line, snap.prefix_hash) == (0, 0, EMPTY_HASH)
 
 

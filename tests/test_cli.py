@@ -363,11 +363,12 @@ def test_a_spec_that_only_fails_in_workers_prints_one_line(work, tmp_path) -> No
         "import multiprocessing\nif multiprocessing.parent_process() is not None:\n"
         "    raise RuntimeError('no GPU here')\ndef f(x):\n    return x\n"
     )
-    done = poolrun(
-        "run", f"{tmp_path}/gpu.py:f", str(work / "small.jsonl"), "-o", str(tmp_path / "o")
-    )
-    assert done.returncode == 2
-    one_line(done.stderr)
+    for _ in range(3):  # a race: it shows in about three runs out of four
+        done = poolrun(
+            "run", f"{tmp_path}/gpu.py:f", str(work / "small.jsonl"), "-o", str(tmp_path / "o")
+        )
+        assert done.returncode == 2
+        one_line(done.stderr)
 
 
 # -- resume refusals ----------------------------------------------------------------------

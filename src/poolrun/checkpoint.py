@@ -2,9 +2,9 @@
 
 A :class:`Watermark` follows the run in the supervisor. Results are written in input order,
 so after each input line is handled (its output or errors line written) one watermark says
-everything: the line's end offset in the input, its line number, the sizes of the output and
-errors files, and a hash of the input up to that offset. Every line before the watermark is
-in the outputs; none after it is.
+everything: how many lines and bytes of the input are handled, and a hash of those bytes;
+with the sizes the output and errors files have at that moment, that is a checkpoint. Every
+line before the watermark is in the outputs; none after it is.
 
 A :class:`Checkpoint` stores snapshots of it (a :class:`Mark`). The outputs are flushed and
 fsynced *before* the snapshot naming their sizes is written, and the snapshot replaces the
@@ -53,6 +53,8 @@ class Mark:
 
     The input is identified by its size and the hash of the consumed prefix, not by its
     mtime: a ``touch`` or a copy changes the mtime, not the bytes that decide the output.
+    ``complete`` tells people and scripts that the run reached the end of its input
+    (resuming a complete run changes nothing).
     """
 
     spec: str
@@ -84,33 +86,31 @@ class Mark:
 
 
 class Watermark:
-    """The last fully handled input line, advanced once per line in input order."""
+    """The input handled so far: advanced once per line, in input order (it runs per line,
+    so it keeps to three cheap updates)."""
 
-    __slots__ = ("errors_size", "hash", "line", "offset", "output_size")
+    __slots__ = ("hash", "line", "offset")
 
     def __init__(self, mark: Mark, prefix_hash: Any) -> None:
-        self.offset = mark.offset
         self.line = mark.line
-        self.output_size = mark.output_size
-        self.errors_size = mark.errors_size
+        self.offset = mark.offset
         self.hash = prefix_hash
 
-    def advance(self, line: int, end: int, raw: bytes, output_size: int, errors_size: int) -> None:
-        """Line ``line`` (its bytes ``raw`` ending at input offset ``end``) is fully handled."""
-        self.line = line
-        self.offset = end
-        self.output_size = output_size
-        self.errors_size = errors_size
+    def advance(self, raw: bytes) -> None:
+        """The next input line, whose bytes are ``raw``, is fully handled."""
+        self.line += 1
+        self.offset += len(raw)
         self.hash.update(raw)
 
-    def snapshot(self, base: Mark, failed: int, complete: bool = False) -> Mark:
+    def snapshot(self, base: Mark, sizes: tuple[int, int], failed: int, complete: bool) -> Mark:
+        """A checkpoint: the watermark with the output and errors ``sizes`` it goes with."""
         return replace(
             base,
             offset=self.offset,
             line=self.line,
             prefix_hash=self.hash.hexdigest(),
-            output_size=self.output_size,
-            errors_size=self.errors_size,
+            output_size=sizes[0],
+            errors_size=sizes[1],
             failed=failed,
             complete=complete,
         )

@@ -141,7 +141,7 @@ class Job:
     def __init__(
         self,
         task: LineTask,
-        lines: Iterable[tuple[int, int, bytes]],
+        lines: Iterable[tuple[int, bytes]],
         options: dict[str, Any],
         out: LineWriter,
         errors: LineWriter,
@@ -151,7 +151,7 @@ class Job:
         counter: LineCounter | None = None,
         failed: int = 0,
     ) -> None:
-        self.pending: dict[int, tuple[int, int, bytes]] = {}
+        self.pending: dict[int, tuple[int, bytes]] = {}
         self.stream = Streaming(task, self._feed(lines), **options)
         self.out = out
         self.errors = errors
@@ -164,12 +164,12 @@ class Job:
         self.shown = (0, failed)
         self.next_tick = 0.0
 
-    def _feed(self, lines: Iterable[tuple[int, int, bytes]]) -> Iterator[bytes]:
-        """The engine's input: raw lines; the rest of each line waits here for its result."""
+    def _feed(self, lines: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
+        """The engine's input: raw lines; each one's number waits here for its result."""
         pending = self.pending
         for index, line in enumerate(lines):
             pending[index] = line
-            yield line[2]
+            yield line[1]
 
     def run(self) -> Outcome:
         results = self.stream.results()
@@ -195,16 +195,15 @@ class Job:
             guard.release()
 
     def _write(self, result: ItemResult) -> None:
-        line, end, raw = self.pending.pop(result.index)
+        line, raw = self.pending.pop(result.index)
         if result.ok:
-            if result.value:  # a blank input line has nothing to write
-                self.out.write(result.value)
+            self.out.write(result.value)  # b"" for a blank input line
         else:
             self.errors.write(error_record(line, raw, result.error))  # type: ignore[arg-type]
             self.failed += 1
         self.done += 1
         if self.resumable is not None:
-            self.resumable.watermark.advance(line, end, raw, self.out.size, self.errors.size)
+            self.resumable.watermark.advance(raw)
 
     def _tick(self, now: float) -> None:
         self.next_tick = now + TICK_SECONDS
@@ -228,7 +227,8 @@ class Job:
         assert self.resumable is not None
         self.out.sync()
         self.errors.sync()
-        mark = self.resumable.watermark.snapshot(self.resumable.base, self.failed, complete)
+        sizes = (self.out.size, self.errors.size)
+        mark = self.resumable.watermark.snapshot(self.resumable.base, sizes, self.failed, complete)
         self.resumable.checkpoint.save(mark)
 
     def _stop(self, results: Generator[ItemResult, None, None], outcome: Outcome) -> Outcome:
@@ -613,7 +613,7 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
         progress = not flags["no_progress"]
         job = Job(
             task,
-            source.lines(start.offset, start.line),
+            source.lines(start.line),
             options,
             out,
             errors,

@@ -5,8 +5,8 @@ are; a :class:`LineTask` in each worker decodes a line, calls the user's functio
 the result, and the supervisor writes the encoded bytes out. Pickling dicts in the parent is
 what makes every other pool slower than a serial loop on cheap JSONL records.
 
-A line travels as ``(line number, end offset, raw bytes)``: the number goes to the errors
-file, the offset (into the decompressed stream for gzip input) to the resume checkpoint.
+A line travels as ``(line number, raw bytes)``: the number goes to the errors file, the
+bytes to a worker, and their length and hash to the resume checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import orjson
 from .results import ItemError
 from .spec import resolve
 
-Line = tuple[int, int, bytes]
+Line = tuple[int, bytes]
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
 DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
@@ -117,13 +117,12 @@ class Input:
             hasher.update(chunk)
             left -= len(chunk)
 
-    def lines(self, offset: int = 0, line: int = 0) -> Iterator[Line]:
-        """Every line from here on as ``(number, end offset, raw)``; read lazily."""
+    def lines(self, line: int = 0) -> Iterator[Line]:
+        """Every line from here on as ``(number, raw)``, numbered after ``line``; read lazily."""
         try:
             for raw in self.stream:
-                offset += len(raw)
                 line += 1
-                yield line, offset, raw
+                yield line, raw
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"cannot read {self.path!r} past line {line}: {exc}") from None
 
@@ -163,7 +162,7 @@ class LineCounter(threading.Thread):
 
 
 def read_errors(path: str) -> Iterator[Line]:
-    """The failed lines of a poolrun errors file, to run again: ``(line, 0, raw line)``.
+    """The failed lines of a poolrun errors file, to run again: ``(line, raw line)``.
 
     Lines that were not JSON are given back as their raw text; the others re-encoded.
     Records come back sorted by line number (an ``--unordered`` run writes them unsorted).
@@ -177,7 +176,7 @@ def read_errors(path: str) -> Iterator[Line]:
 
 def _sorted(records: Iterator[Line]) -> bool:
     previous = 0
-    for line, _, _ in records:
+    for line, _ in records:
         if line < previous:
             return False
         previous = line
@@ -187,7 +186,7 @@ def _sorted(records: Iterator[Line]) -> bool:
 def _errors_records(path: str) -> Iterator[Line]:
     source = Input(path)
     try:
-        for number, _, text in source.lines():
+        for number, text in source.lines():
             if text.isspace():
                 continue
             try:
@@ -196,7 +195,7 @@ def _errors_records(path: str) -> Iterator[Line]:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise InputError(f"{path!r} line {number} is not a poolrun errors record") from None
             raw = value.encode() if cause == "invalid-json" else orjson.dumps(value)
-            yield line, 0, raw + b"\n"
+            yield line, raw + b"\n"
     finally:
         source.close()
 
@@ -247,7 +246,6 @@ class LineWriter:
     def __init__(self, path: str | None, size: int = 0, lazy: bool = False) -> None:
         self.path = path
         self.size = size
-        self.lines = 0
         self._file: IO[bytes] | None = None
         self._regular = False
         if path is not None:
@@ -267,7 +265,6 @@ class LineWriter:
             self._open()
         self._file.write(data)  # type: ignore[union-attr]
         self.size += len(data)
-        self.lines += 1
 
     def sync(self) -> None:
         """Flush, and make it durable for a regular file: a checkpoint may now name its size."""

@@ -35,7 +35,7 @@ def work(record):
     total = 0
     for i in range(record["cost"]):
         total += i * i
-    return {"id": record["id"], "total": total, "note": record["note"]}
+    return {"id": record["id"], "total": total, "note": record["note"] * record["copies"]}
 """
 
 
@@ -47,8 +47,11 @@ def make_input(n: int) -> bytes:
         if i % 1543 == 1542:
             lines.append(b'{"id": %d, "torn' % i)
             continue
-        note = "x" * rng.randint(100, 400)  # big results: output buffers flush mid-line
-        lines.append(orjson.dumps({"id": i, "cost": rng.randint(500, 2500), "note": note}))
+        # Big results (about 2 kB): the output file grows every few hundred lines, so the
+        # tests see progress often, and buffers are flushed mid-line (torn lines).
+        note, copies = "x" * rng.randint(10, 40), rng.randint(20, 80)
+        record = {"id": i, "cost": rng.randint(500, 2500), "note": note, "copies": copies}
+        lines.append(orjson.dumps(record))
     return b"\n".join(lines) + b"\n"
 
 
@@ -148,7 +151,7 @@ def run_chaos(chaos: dict, tmp_path: Path, signals: list[str], seed: int, source
     args = ["run", chaos["spec"], str(source or chaos["input"]), "-o", str(out), "--no-progress"]
     # Several interruptions each leave most of the rest to do, so the last one still lands
     # before the end (the file grows only as buffers fill and at checkpoints).
-    most = 0.7 if len(signals) == 1 else 0.35
+    most = 0.7 if len(signals) == 1 else 0.3
     for number, how in enumerate(signals):
         resume = ["--resume"] if number else []
         interrupt([*args, *resume], out, how, rng, len(chaos["out"]), most)
@@ -186,22 +189,16 @@ def test_many_random_interruptions(chaos, tmp_path, how, seed) -> None:
 @pytest.mark.parametrize("seed", range(30, 36))
 def test_repeated_random_interruptions(chaos, tmp_path, seed) -> None:
     rng = random.Random(seed)
-    signals = [rng.choice(["SIGINT", "SIGTERM", "SIGKILL", DOUBLE_SIGINT]) for _ in range(4)]
+    signals = [rng.choice(["SIGINT", "SIGTERM", "SIGKILL", DOUBLE_SIGINT]) for _ in range(3)]
     run_chaos(chaos, tmp_path, signals, seed)
 
 
-@pytest.mark.xfail(
-    reason="engine bug: a worker whose supervisor dies while it sends a result gets "
-    "BrokenPipeError in WorkerLoop.run (conn.send_bytes) and prints a traceback on the "
-    "shared stderr, instead of exiting quietly as the pidfd watcher would",
-    strict=False,
-)
 def test_workers_exit_quietly_after_kill_9(tmp_path) -> None:
     (tmp_path / "big.py").write_text("def big(record):\n    return 'x' * 20_000_000\n")
     (tmp_path / "in.jsonl").write_text("1\n" * 400)
     out = tmp_path / "o.jsonl"
     args = ["run", f"{tmp_path}/big.py:big", str(tmp_path / "in.jsonl"), "-o", str(out), "-b", "1"]
-    for _ in range(3):  # the race shows up in about two kills out of three
+    for _ in range(3):  # before the fix the race showed up in about two kills out of three
         proc = subprocess.Popen([POOLRUN, *args], stderr=subprocess.PIPE)
         # Big results keep the workers sending whenever the supervisor dies.
         assert wait_until(lambda: out.exists() and out.stat().st_size > 60_000_000, timeout=60)

@@ -240,3 +240,36 @@ def test_workers_exit_when_supervisor_is_killed():
             return True
 
     assert wait_until(lambda: all(gone(w) for w in workers), timeout=5)
+
+
+def test_code_piped_on_stdin_runs():
+    script = "import poolrun\nprint(poolrun.map(lambda x: x + 1, range(5), workers=2).values)\n"
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "[1, 2, 3, 4, 5]", done.stderr
+
+
+def test_workers_that_cannot_start_fail_the_run_fast(tmp_path):
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+        import sys
+        import poolrun
+        if __name__ == "__mp_main__":
+            raise SystemExit("this script cannot be imported in a worker")
+        if __name__ == "__main__":
+            try:
+                poolrun.map(abs, range(10), workers=2)
+            except poolrun.SetupFailed as exc:
+                print("SETUP FAILED:", exc)
+        """
+        )
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert "SETUP FAILED: 5 workers in a row died before running any item" in done.stdout, (
+        done.stdout + done.stderr
+    )
+    assert time.monotonic() - started < 20

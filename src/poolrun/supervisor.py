@@ -47,6 +47,7 @@ from .backends.base import (
     BatchMemory,
     BatchRejected,
     Event,
+    SetupFailed,
     WorkerDied,
 )
 from .batching import BatchSizer
@@ -134,6 +135,8 @@ class Supervisor:
         self.retiring: set[int] = set()
         self.kill_targets: dict[int, tuple[int, int] | None] = {}
         self.awaiting_memory: dict[int, tuple[int, float]] = {}
+        self.proven: set[int] = set()  # workers that have finished a batch
+        self.startup_deaths = 0  # consecutive deaths of workers that never ran an item
         self.next_rss_sample = 0.0
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -292,6 +295,8 @@ class Supervisor:
         return self.batches.pop(batch_id, None)
 
     def _on_done(self, ev: BatchDone) -> None:
+        self.proven.add(ev.worker)
+        self.startup_deaths = 0
         batch = self._take(ev.worker, ev.batch)
         if batch is None:
             return
@@ -397,6 +402,7 @@ class Supervisor:
             self.stats.count("memory_kills")
         self.trace.mark(w, cause, time.perf_counter(), running=ev.running)
         log.debug("worker {} died ({}) with {} batches in flight", w, cause, len(ids))
+        self._check_startup(w, cause, ev)
         self.inflight[self.backend.replace(w)] = deque()
         pieces: list[Batch] = []
         for batch_id in ids:
@@ -410,6 +416,20 @@ class Supervisor:
             else:
                 pieces.append(batch)  # never started: re-run as it was
         self.requeued.extendleft(reversed(pieces))
+
+    def _check_startup(self, w: int, cause: str, ev: WorkerDied) -> None:
+        """Workers that die before running anything, again and again, will never work:
+        fail the run instead of respawning forever (e.g. a main script that cannot be
+        re-imported in a worker, a broken environment)."""
+        if w in self.proven or ev.running is not None or cause in ("timeout", "memory-limit"):
+            self.proven.discard(w)
+            return
+        self.startup_deaths += 1
+        if self.startup_deaths > 2 * self.opts.workers:
+            raise SetupFailed(
+                f"{self.startup_deaths} workers in a row died before running any item "
+                f"({cause}); the workers' own error output above says why"
+            )
 
     def _confirmed_cause(self, ev: WorkerDied) -> str:
         """A timeout or memory kill blames the item seen at kill time, not a later one."""

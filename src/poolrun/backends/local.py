@@ -18,7 +18,9 @@ import os
 import pickle
 import select
 import signal
+import sys
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +59,27 @@ class _Worker:
 
     def close(self) -> None:
         self.channel.close()
+
+
+@contextlib.contextmanager
+def _main_without_missing_file() -> Iterator[None]:
+    """Start workers without asking them to re-run a ``__main__`` that has no file.
+
+    spawn and forkserver children re-import the parent's main script (so objects defined
+    there unpickle). Code piped on stdin, or typed in a REPL, has a ``__file__`` such as
+    ``<stdin>`` that does not exist, and every worker would die at start trying to run it.
+    poolrun ships functions with cloudpickle, so such workers need no main module at all.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or os.path.exists(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _process_handle(pid: int) -> psutil.Process | None:
@@ -118,7 +141,8 @@ class LocalBackend:
             args=(child_end, slot, os.getpid(), self.blas_threads, self.initializer),
             name="poolrun-worker",
         )
-        process.start()
+        with _main_without_missing_file():
+            process.start()
         child_end.close()
         self.workers[process.pid] = _Worker(
             process, parent_end, view, _process_handle(process.pid), Channel(parent_end)

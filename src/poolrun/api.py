@@ -35,7 +35,9 @@ def make_backend(opts: Options, preload: tuple[str, ...] = ()) -> Backend:
     if opts.backend == "dask":
         from .backends.dask import DaskBackend
 
-        return DaskBackend(opts.workers, opts.scheduler, opts.initializer, opts.initargs)
+        return DaskBackend(
+            opts.workers, opts.scheduler, opts.initializer, opts.initargs, opts.timeout
+        )
     from .backends.local import LocalBackend
 
     return LocalBackend(opts.workers, opts.start_method, opts.initializer, opts.initargs, preload)

@@ -1,0 +1,792 @@
+"""The Dask backend: the same batches, run as tasks on a Dask distributed cluster.
+
+Each poolrun worker id stands for one Dask worker (bound to its address; a dead worker's id
+is never reused). A batch becomes one task pinned to that worker
+(``workers=[address], allow_other_workers=False``, ``pure=False``), so the supervisor's limit
+of K batches in flight per worker holds, and Dask never moves a poolrun task on its own:
+when a worker leaves, this backend cancels that worker's tasks and reports the death, and
+the supervisor's splitting decides what runs again (Dask's own retry of a task whose worker
+died would re-run a poison item without anyone blaming it).
+
+What crosses the network:
+
+* the function travels once per Dask worker process: the first batch sent to an address
+  carries the cloudpickled payload, which the worker caches under its SHA-1; later batches
+  carry only the key (a restarted worker that lost its cache asks again: ``need-setup``);
+* a batch's items go as the bytes the supervisor already pickled (inside the task, or
+  scattered straight to the worker when over 1 MiB), and its result comes back as bytes
+  pickled in the worker (values, durations, only the failed items' errors), so values that
+  cannot be pickled fail on their own, as in the local backend.
+
+Events come without polling: each task's completion callback fetches its result and puts it
+on a queue, and the scheduler's ``add-worker``/``remove-worker`` events (topic ``"all"``) go
+to the same queue; :meth:`DaskBackend.wait` blocks on that queue.
+
+Knowing which item a dead worker was running needs memory both sides can see. On the
+client's own machine (a ``LocalCluster``, or workers started on this host) each task writes
+(batch, position, item start, pid) into a slot of a small ``/dev/shm`` file this backend
+owns, exactly like the local backend's shared slot, so a crash blames the right item and the
+supervisor can enforce timeouts and ``max_rss`` as it does locally. On other machines the
+slot cannot be shared: a worker that dies is reported with ``running=None`` and the
+supervisor isolates a poison item by halving the batch, and per-item timeouts are enforced
+by a watchdog inside the task (Dask cannot cancel a running task).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import itertools
+import logging
+import mmap
+import os
+import pickle
+import queue
+import resource
+import signal
+import threading
+import time
+import uuid
+import weakref
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cloudpickle
+import psutil
+
+try:
+    import distributed
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("backend='dask' needs Dask distributed: pip install 'poolrun[dask]'") from exc
+
+from .. import log
+from ..worker import (
+    IDLE,
+    SLOT_BATCH,
+    SLOT_POS,
+    SLOT_SIZE,
+    SLOT_STARTED,
+    TIMED_ITEM_SECONDS,
+    describe_exception,
+    dumps,
+    encode_result,
+    run_batch,
+)
+from .base import BatchDone, BatchMemory, BatchRejected, Event, SetupFailed, WorkerDied
+
+SLOT_PID = SLOT_SIZE  # the Dask worker's pid, after the local backend's three numbers
+SLOT_WIDTH = SLOT_SIZE + 1
+SLOT_CAPACITY = 1024  # 32 KiB of /dev/shm; ids bound beyond this go without a slot
+SLOT_DIR = Path("/dev/shm")
+START_SECONDS = 30.0  # to reach the scheduler and see a first worker
+NO_WORKER_SECONDS = 60.0  # a worker id left without any Dask worker this long fails the run
+CLOSE_SECONDS = 10.0
+SCATTER_BYTES = 1 << 20  # larger batches go to their worker by scatter, not in the task
+MAX_CACHED_FUNCTIONS = 8
+MAX_SLOT_FILES = 4
+LOST = "worker-died: dask worker lost"
+
+
+def _boot_id() -> str:
+    """Identifies this machine's boot: equal boot ids mean ``perf_counter`` is one clock."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
+
+
+class Setup(NamedTuple):
+    """What a worker needs before a batch; payloads travel only to workers without them."""
+
+    fn_key: str
+    fn_payload: bytes | None
+    init_key: str | None
+    init_payload: bytes | None
+
+
+# -- inside a Dask worker process ----------------------------------------------------------
+
+_FUNCTIONS: dict[str, tuple[Callable[[Any], Any], tuple[type[BaseException], ...], bool]] = {}
+_INITIALIZED: set[str] = set()
+_SLOT_FILES: dict[str, memoryview | None] = {}
+_ONE_BATCH_AT_A_TIME = threading.Lock()
+_WORKER_STATE = {"timed": True}  # per worker process, as ``WorkerLoop.timed`` locally
+
+
+def poolrun_batch(
+    batch_id: int,
+    setup: Setup,
+    payload: bytes,
+    slot_ref: tuple[str, int] | None,
+    timeout: float | None,
+) -> tuple[bytes, tuple[int, int] | None]:
+    """The Dask task: run one batch; returns a pickled message and (RSS peak, max RSS).
+
+    Batches run one at a time per worker process even on a worker with several threads,
+    so the slot and the supervisor's per-worker accounting stay true.
+    """
+    with _ONE_BATCH_AT_A_TIME:
+        loaded = _load(batch_id, setup)
+        if isinstance(loaded, bytes):
+            return loaded, None
+        fn, retry_on, track_start = loaded
+        slot = _slot(slot_ref)
+        slot[SLOT_PID] = os.getpid()
+        watch = timeout if track_start else None
+        return _run(fn, retry_on, track_start, batch_id, payload, slot, watch)
+
+
+def _load(
+    batch_id: int, setup: Setup
+) -> bytes | tuple[Callable[[Any], Any], tuple[type[BaseException], ...], bool]:
+    """The cached function (running the initializer first), or a message saying why not."""
+    if setup.init_key is not None and setup.init_key not in _INITIALIZED:
+        if setup.init_payload is None:
+            return dumps(("need-setup", batch_id))
+        try:
+            init, initargs = cloudpickle.loads(setup.init_payload)
+            init(*initargs)
+        except BaseException as exc:
+            return dumps(("init-failed", batch_id, *describe_exception(exc)))
+        _INITIALIZED.add(setup.init_key)
+    found = _FUNCTIONS.get(setup.fn_key)
+    if found is not None:
+        return found
+    if setup.fn_payload is None:
+        return dumps(("need-setup", batch_id))
+    try:
+        found = cloudpickle.loads(setup.fn_payload)
+    except BaseException as exc:
+        return dumps(("fn-failed", batch_id, *describe_exception(exc, 0)))
+    if len(_FUNCTIONS) >= MAX_CACHED_FUNCTIONS:
+        _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
+    _FUNCTIONS[setup.fn_key] = found
+    return found
+
+
+def _slot(slot_ref: tuple[str, int] | None) -> memoryview:
+    """This worker id's slot in the client's /dev/shm file, or a private one elsewhere."""
+    if slot_ref is not None:
+        path, index = slot_ref
+        if path not in _SLOT_FILES:
+            if len(_SLOT_FILES) >= MAX_SLOT_FILES:  # a long-lived worker serves many runs
+                _SLOT_FILES.pop(next(iter(_SLOT_FILES)))
+            _SLOT_FILES[path] = _attach(path)
+        view = _SLOT_FILES[path]
+        if view is not None:
+            return view[index * SLOT_WIDTH : (index + 1) * SLOT_WIDTH]
+    return memoryview(array("d", [IDLE, IDLE, 0.0, 0.0]))
+
+
+def _attach(path: str) -> memoryview | None:
+    """Map the client's slot file; ``None`` on another machine, where it does not exist."""
+    try:
+        with open(path, "r+b") as f:
+            return memoryview(mmap.mmap(f.fileno(), 0)).cast("d")
+    except (OSError, ValueError):
+        return None
+
+
+def _run(
+    fn: Callable[[Any], Any],
+    retry_on: tuple[type[BaseException], ...],
+    track_start: bool,
+    batch_id: int,
+    payload: bytes,
+    slot: memoryview,
+    timeout: float | None,
+) -> tuple[bytes, tuple[int, int] | None]:
+    process = psutil.Process()
+    rss_start = process.memory_info().rss
+    t_start = time.perf_counter()
+    try:
+        items = pickle.loads(payload)
+    except BaseException as exc:
+        return dumps(("bad-batch", batch_id, *describe_exception(exc, 0))), None
+    began = time.perf_counter()
+    if timeout is None:
+        values, durations, errors = run_batch(
+            fn, items, batch_id, slot, retry_on, track_start, _WORKER_STATE["timed"]
+        )
+    else:
+        outcome = _run_watched(fn, items, batch_id, slot, retry_on, timeout)
+        if isinstance(outcome, int):
+            return dumps(("timeout", batch_id, outcome)), None
+        values, durations, errors = outcome
+    _WORKER_STATE["timed"] = (time.perf_counter() - began) >= TIMED_ITEM_SECONDS * len(items)
+    del items
+    extra = (t_start, time.perf_counter(), rss_start, BOOT_ID)
+    message = encode_result(batch_id, values, durations, errors, extra)
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return message, (process.memory_info().rss, max_rss)
+
+
+class _UntilAbandoned(list):
+    """A batch's items, handed out only until the watchdog gives up on the batch.
+
+    A timed-out item's thread cannot be stopped; if its item ever returns, this keeps the
+    thread from running the rest of the batch, whose items the supervisor runs again.
+    """
+
+    def __init__(self, items: list[Any], abandoned: threading.Event) -> None:
+        super().__init__(items)
+        self.abandoned = abandoned
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            if self.abandoned.is_set():
+                return
+            yield item
+
+
+def _run_watched(
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    batch_id: int,
+    slot: memoryview,
+    retry_on: tuple[type[BaseException], ...],
+    timeout: float,
+) -> tuple[list[Any], array, list[tuple[int, str, str, str, bool]] | None] | int:
+    """Run the batch in a thread and watch each item's start time in the slot.
+
+    Returns the batch's result, or the position of the first item that ran past
+    ``timeout``. That item's thread keeps running (nothing can stop a Python thread); the
+    backend then restarts the worker through its nanny where it has one.
+    """
+    abandoned = threading.Event()
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append(
+                run_batch(fn, _UntilAbandoned(items, abandoned), batch_id, slot, retry_on)
+            )
+        except BaseException as exc:  # re-raised in the task's own thread
+            outcome.append(exc)
+
+    runner = threading.Thread(target=target, name=f"poolrun-batch-{batch_id}", daemon=True)
+    runner.start()
+    deadline = time.perf_counter() + timeout
+    while True:
+        runner.join(max(0.0, deadline - time.perf_counter()))
+        if not runner.is_alive():
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            return outcome[0]
+        pos, started = slot[SLOT_POS], slot[SLOT_STARTED]
+        if pos < 0 or slot[SLOT_BATCH] != batch_id:  # between items, or not started yet
+            deadline = time.perf_counter() + timeout
+            continue
+        deadline = started + timeout
+        if time.perf_counter() >= deadline and slot[SLOT_POS] == pos:
+            abandoned.set()
+            return int(pos)
+
+
+def _check_worker() -> str:
+    """The first task: poolrun imports on the workers, and our subscription is in force."""
+    return BOOT_ID
+
+
+def _kill_worker_process(dask_worker: Any) -> None:
+    """Runs on a Nanny: SIGKILL its worker process, and the nanny starts a fresh one."""
+    if dask_worker.pid:
+        os.kill(dask_worker.pid, signal.SIGKILL)
+
+
+# -- in the supervisor's process -----------------------------------------------------------
+
+
+class _Slots:
+    """The /dev/shm file of (batch, position, item start, pid) slots, one per bound worker id.
+
+    A freed slot goes to the back of the line, so one that a timed-out item's stranded
+    thread may still write to is reused last.
+    """
+
+    def __init__(self, path: Path) -> None:
+        size = SLOT_CAPACITY * SLOT_WIDTH * 8
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.path = path
+        self.view = memoryview(self.map).cast("d")
+        self.free = deque(range(SLOT_CAPACITY))
+        self.index: dict[int, int] = {}
+        self.handles: dict[int, psutil.Process] = {}
+
+    @classmethod
+    def create(cls) -> _Slots | None:
+        if not SLOT_DIR.is_dir():
+            return None
+        try:
+            return cls(SLOT_DIR / f"poolrun-dask-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        except OSError:
+            return None
+
+    def assign(self, worker: int) -> None:
+        if self.free:
+            index = self.index[worker] = self.free.popleft()
+            base = index * SLOT_WIDTH
+            self.view[base : base + SLOT_WIDTH] = array("d", [IDLE, IDLE, 0.0, 0.0])
+
+    def release(self, worker: int) -> None:
+        index = self.index.pop(worker, None)
+        if index is not None:
+            self.free.append(index)
+
+    def ref(self, worker: int) -> tuple[str, int] | None:
+        index = self.index.get(worker)
+        return None if index is None else (str(self.path), index)
+
+    def running(self, worker: int) -> tuple[int, int, float] | None:
+        index = self.index.get(worker)
+        if index is None or self.view[index * SLOT_WIDTH + SLOT_POS] < 0:
+            return None
+        batch, pos, started = self.view[index * SLOT_WIDTH : index * SLOT_WIDTH + SLOT_SIZE]
+        return int(batch), int(pos), started
+
+    def rss(self, worker: int) -> int | None:
+        index = self.index.get(worker)
+        pid = 0 if index is None else int(self.view[index * SLOT_WIDTH + SLOT_PID])
+        if pid <= 0:
+            return None
+        try:
+            handle = self.handles.get(pid) or self.handles.setdefault(pid, psutil.Process(pid))
+            return handle.memory_info().rss
+        except psutil.Error:
+            return None
+
+    def close(self) -> None:
+        self.view.release()
+        self.map.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+@dataclass(slots=True, eq=False)
+class _Task:
+    worker: int
+    address: str
+    batch: int
+    fn_id: int
+    payload: bytes
+    future: Any  # distributed.Future
+    data: Any  # the payload, or the Future of its scattered copy on the worker
+
+
+_LIVE: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_leftovers() -> None:
+    """A cluster this process started must not outlive it."""
+    for backend in list(_LIVE):
+        backend.close(wait=False)
+
+
+def _key(payload: bytes) -> str:
+    return hashlib.sha1(payload).hexdigest()
+
+
+class DaskBackend:
+    """Batches as Dask tasks, one Dask worker per poolrun worker id."""
+
+    name = "dask"
+
+    def __init__(
+        self,
+        workers: int,
+        scheduler: str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        timeout: float | None = None,
+    ) -> None:
+        self.size = workers
+        self.scheduler = scheduler
+        self.timeout = timeout
+        self.init = cloudpickle.dumps((initializer, initargs)) if initializer else None
+        self.client: Any = None  # distributed.Client, made in start()
+        self.cluster: Any = None  # the LocalCluster this backend started, if any
+        self.slots: _Slots | None = None
+        self.functions: dict[int, tuple[str, bytes]] = {}
+        self.tasks: dict[str, _Task] = {}
+        self.address: dict[int, str] = {}
+        self.names: dict[int, str] = {}
+        self.unbound: dict[int, float] = {}  # worker id -> since when it waits for a worker
+        self.queued: dict[int, list[tuple[int, int, bytes]]] = {}
+        self.alive: set[str] = set()
+        self.recycling: set[str] = set()
+        self.shipped: dict[str, set[str]] = {}
+        self.ready: list[Event] = []
+        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self.closed = False
+        _LIVE.add(self)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.slots = _Slots.create()
+        self.client = self._connect()
+        self.client.subscribe_topic("all", self._on_cluster_event)
+        for address in self._first_workers()[: self.size]:
+            self._bind(next(self._ids), address)
+
+    def _connect(self) -> Any:
+        if self.scheduler is not None:
+            try:
+                return distributed.Client(
+                    self.scheduler, timeout=START_SECONDS, set_as_default=False
+                )
+            except (OSError, TimeoutError) as exc:
+                raise SetupFailed(
+                    f"cannot reach the Dask scheduler {self.scheduler}: {exc}"
+                ) from exc
+        self.cluster = distributed.LocalCluster(
+            n_workers=self.size,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.CRITICAL,
+        )
+        return distributed.Client(self.cluster, direct_to_workers=True, set_as_default=False)
+
+    def _first_workers(self) -> list[str]:
+        """The workers there now, once our membership events are sure to flow.
+
+        A first task, submitted after subscribing on the same ordered stream, proves the
+        subscription is in force, so no worker can join or leave unseen after the snapshot.
+        It also fails early, and clearly, where poolrun is not installed on the workers.
+        """
+        wanted = self.size if self.cluster is not None else 1
+        try:
+            self.client.wait_for_workers(wanted, timeout=START_SECONDS)
+        except TimeoutError as exc:
+            raise SetupFailed(f"no Dask worker joined within {START_SECONDS:.0f} s") from exc
+        try:
+            self.client.submit(_check_worker, pure=False).result(timeout=START_SECONDS)
+        except Exception as exc:
+            raise SetupFailed(
+                f"poolrun cannot run on the Dask workers (is it installed there?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        workers = self.client.scheduler_info()["workers"]
+        self.alive = set(workers)
+        return list(workers)
+
+    def worker_ids(self) -> list[int]:
+        return [*self.address, *self.unbound]
+
+    def describe_worker(self, worker_id: int) -> str:
+        return self.names.get(worker_id, f"dask worker {worker_id} (waiting for a worker)")
+
+    def replace(self, worker_id: int) -> int:
+        """A new id for a dead worker, or for a live one whose run was abandoned."""
+        self.ready = [e for e in self.ready if getattr(e, "worker", None) != worker_id]
+        self._unbind(worker_id)
+        return self._fresh_id()
+
+    def retire(self, worker_id: int) -> int:
+        """Restart an idle worker's process (memory recycling); its successor gets a new id."""
+        address = self._unbind(worker_id)
+        if address is not None:
+            self._recycle(address)
+        return self._fresh_id()
+
+    def close(self, wait: bool = True) -> None:
+        """Cancel our tasks and disconnect; a LocalCluster we started is shut down.
+
+        ``wait`` makes no difference here: Dask stops a local cluster's workers at once.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        _LIVE.discard(self)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic("all")
+            self.abandon()
+            with contextlib.suppress(Exception):
+                self.client.close(timeout=CLOSE_SECONDS)
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close(timeout=CLOSE_SECONDS)
+        if self.slots is not None:
+            self.slots.close()
+            self.slots = None
+
+    # -- running batches ---------------------------------------------------------------
+
+    def register(self, payload: bytes) -> int:
+        fn_id = len(self.functions) + 1
+        self.functions[fn_id] = (_key(payload), payload)
+        return fn_id
+
+    def submit(self, worker_id: int, batch: int, fn_id: int, payload: bytes) -> None:
+        address = self.address.get(worker_id)
+        if address is None:  # its Dask worker has not joined yet: sent when it does
+            self.queued.setdefault(worker_id, []).append((batch, fn_id, payload))
+            return
+        self._launch(worker_id, address, batch, fn_id, payload)
+
+    def _launch(self, worker_id: int, address: str, batch: int, fn_id: int, payload: bytes) -> None:
+        data = self._ship(address, payload)
+        future = self.client.submit(
+            poolrun_batch,
+            batch,
+            self._setup(address, fn_id),
+            data,
+            self.slots.ref(worker_id) if self.slots else None,
+            self.timeout,
+            pure=False,
+            workers=[address],
+            allow_other_workers=False,
+        )
+        self.tasks[future.key] = _Task(worker_id, address, batch, fn_id, payload, future, data)
+        future.add_done_callback(self._fetch)
+
+    def _ship(self, address: str, payload: bytes) -> Any:
+        """A large batch goes straight to its worker (scatter), not through the scheduler.
+
+        Best effort: if the worker is gone or paused, the task carries the bytes itself.
+        """
+        if len(payload) <= SCATTER_BYTES:
+            return payload
+        try:
+            return self.client.scatter(payload, workers=[address], hash=False)
+        except Exception:
+            return payload
+
+    def _setup(self, address: str, fn_id: int) -> Setup:
+        """Keys always; payloads only the first time this worker process sees them."""
+        fn_key, fn_payload = self.functions[fn_id]
+        init_key = _key(self.init) if self.init else None
+        shipped = self.shipped.setdefault(address, set())
+        setup = Setup(
+            fn_key,
+            None if fn_key in shipped else fn_payload,
+            init_key,
+            None if init_key in shipped else self.init,
+        )
+        shipped.update(k for k in (fn_key, init_key) if k)
+        return setup
+
+    def _fetch(self, future: Any) -> None:
+        """Runs in Dask's callback thread: bring the result over while the supervisor works."""
+        try:
+            outcome = future.result()
+        except BaseException as exc:
+            outcome = exc
+        self.inbox.put(("result", future.key, outcome, time.perf_counter()))
+
+    def running(self, worker_id: int) -> tuple[int, int, float] | None:
+        return None if self.slots is None else self.slots.running(worker_id)
+
+    def rss(self, worker_id: int) -> int | None:
+        return None if self.slots is None else self.slots.rss(worker_id)
+
+    def kill(self, worker_id: int, cause: str) -> None:
+        """Report the worker dead now, and restart its process through its nanny."""
+        if worker_id not in self.address and worker_id not in self.unbound:
+            return
+        address = self.address.get(worker_id)
+        self.ready.append(self._lose(worker_id, cause))
+        if address is not None:
+            self._recycle(address)
+
+    def abandon(self) -> None:
+        """Cancel every task; one already running finishes on its worker, unheard."""
+        self._cancel(list(self.tasks))
+        self.queued.clear()
+        self.ready.clear()
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        events, self.ready = self.ready, []
+        if not events:
+            message = self._next_message(timeout)
+            if message is not None:
+                self._handle(message, events)
+        while True:
+            try:
+                message = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(message, events)
+        self._check_stranded()
+        return events
+
+    # -- events ------------------------------------------------------------------------
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        """Runs in the client's event loop: membership changes go to the inbox."""
+        msg = event[1]
+        action = msg.get("action") if isinstance(msg, dict) else None
+        if action == "add-worker":
+            self.inbox.put(("joined", msg["worker"]))
+        elif action == "remove-worker":
+            self.inbox.put(("left", msg["worker"]))
+
+    def _next_message(self, timeout: float | None) -> tuple[Any, ...] | None:
+        if self.unbound:  # wake in time to give up on a worker that never comes
+            limit = min(self.unbound.values()) + NO_WORKER_SECONDS - time.perf_counter()
+            timeout = max(0.0, limit if timeout is None else min(timeout, limit))
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _handle(self, message: tuple[Any, ...], events: list[Event]) -> None:
+        kind = message[0]
+        if kind == "result":
+            self._on_result(*message[1:], events)
+        elif kind == "joined":
+            self._on_joined(message[1])
+        elif kind == "left":
+            self._on_left(message[1], events)
+
+    def _on_result(self, key: str, outcome: Any, received: float, events: list[Event]) -> None:
+        task = self.tasks.pop(key, None)
+        if task is None:
+            return  # cancelled: its worker died, or its run was abandoned
+        if isinstance(outcome, BaseException):
+            self._on_task_error(task, outcome, events)
+            return
+        message_bytes, memory = outcome
+        message = pickle.loads(message_bytes)
+        kind = message[0]
+        if kind == "done":
+            events += self._done(task, message, memory, received)
+        elif kind == "timeout":
+            events.append(self._lose(task.worker, "timeout", (message[1], message[2])))
+            self._recycle(task.address)
+        elif kind == "bad-batch":
+            events.append(BatchRejected(task.worker, *message[1:]))
+        elif kind == "need-setup":  # the worker restarted, or evicted the function
+            self.shipped.pop(task.address, None)
+            self._launch(task.worker, task.address, task.batch, task.fn_id, task.payload)
+        else:
+            _, _, kind_name, text, tb = message
+            what = "the initializer failed" if kind == "init-failed" else "cannot load the function"
+            raise SetupFailed(f"{what} on Dask worker {task.address}: {kind_name}: {text}\n{tb}")
+
+    def _done(
+        self, task: _Task, message: tuple, memory: tuple[int, int], received: float
+    ) -> list[Event]:
+        """BatchDone and BatchMemory, with times on this process's clock."""
+        _, batch, values, durations, errors, started, ended, rss_start, boot_id = message
+        if boot_id != BOOT_ID or not boot_id:  # another machine's clock: keep only the span
+            started, ended = received - (ended - started), received
+        rss_peak, max_rss = memory
+        return [
+            BatchDone(task.worker, batch, values, durations, errors, started, ended, rss_start),
+            BatchMemory(task.worker, batch, rss_start, rss_peak, max_rss),
+        ]
+
+    def _on_task_error(self, task: _Task, exc: BaseException, events: list[Event]) -> None:
+        if isinstance(exc, distributed.KilledWorker):  # a cluster with allowed-failures=0
+            events.append(self._lose(task.worker, LOST))
+        elif isinstance(exc, distributed.client.CancelledError):  # not by us: run it again
+            self._launch(task.worker, task.address, task.batch, task.fn_id, task.payload)
+        else:
+            raise SetupFailed(
+                f"the poolrun task failed on Dask worker {task.address}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _on_joined(self, address: str) -> None:
+        self.alive.add(address)
+        if self.unbound and address not in self.address.values():
+            self._bind(next(iter(self.unbound)), address)
+
+    def _on_left(self, address: str, events: list[Event]) -> None:
+        self.alive.discard(address)
+        self.recycling.discard(address)
+        self.shipped.pop(address, None)
+        for worker_id in [w for w, a in self.address.items() if a == address]:
+            events.append(self._lose(worker_id, LOST))
+
+    def _check_stranded(self) -> None:
+        if self.unbound:
+            waited = time.perf_counter() - min(self.unbound.values())
+            if waited > NO_WORKER_SECONDS:
+                raise RuntimeError(
+                    f"no Dask worker has been available for {waited:.0f} s "
+                    f"(the cluster has {len(self.alive)} workers, all in use or restarting)"
+                )
+
+    # -- worker ids and addresses ------------------------------------------------------
+
+    def _fresh_id(self) -> int:
+        worker_id = next(self._ids)
+        spare = next(
+            (a for a in self.alive if a not in self.recycling and a not in self.address.values()),
+            None,
+        )
+        if spare is None:
+            self.unbound[worker_id] = time.perf_counter()
+        else:
+            self._bind(worker_id, spare)
+        return worker_id
+
+    def _bind(self, worker_id: int, address: str) -> None:
+        self.unbound.pop(worker_id, None)
+        self.address[worker_id] = address
+        self.names[worker_id] = address
+        if self.slots is not None:
+            self.slots.assign(worker_id)
+        log.debug("worker {} is Dask worker {}", worker_id, address)
+        for batch, fn_id, payload in self.queued.pop(worker_id, []):
+            self._launch(worker_id, address, batch, fn_id, payload)
+
+    def _unbind(self, worker_id: int) -> str | None:
+        """Forget a worker id: cancel its tasks and drop what waited for it."""
+        self._cancel([k for k, t in self.tasks.items() if t.worker == worker_id])
+        self.queued.pop(worker_id, None)
+        self.unbound.pop(worker_id, None)
+        if self.slots is not None:
+            self.slots.release(worker_id)
+        return self.address.pop(worker_id, None)
+
+    def _lose(
+        self, worker_id: int, cause: str, running: tuple[int, int] | None = None
+    ) -> WorkerDied:
+        if running is None:
+            seen = self.running(worker_id)
+            running = seen[:2] if seen else None
+        address = self._unbind(worker_id)
+        log.debug("worker {} ({}) lost: {}", worker_id, address, cause)
+        return WorkerDied(worker_id, cause, running, detail=address or "")
+
+    def _cancel(self, keys: list[str]) -> None:
+        """Cancel tasks so none waits forever for a worker that left, and forget them."""
+        futures = [self.tasks.pop(k).future for k in keys]
+        if futures:
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures)
+
+    def _recycle(self, address: str) -> None:
+        """Restart a live worker's process (stuck thread, memory) if a nanny watches it.
+
+        Without a nanny it cannot be restarted from here: it stays in use as it is.
+        """
+        try:
+            killed = self.client.run(
+                _kill_worker_process, workers=[address], nanny=True, on_error="ignore"
+            )
+        except Exception:
+            killed = {}
+        if killed:
+            self.recycling.add(address)

@@ -233,7 +233,7 @@ def test_item_that_kills_its_worker_fails_alone(cluster):
     assert [r.index for r in run.errors] == [37]
     assert run.errors[0].error.cause == LOST
     assert [r.value for r in run.results if r.ok] == [x for x in range(100) if x != 37]
-    assert run.report.worker_deaths == 2  # once in its batch, once alone
+    assert run.report.worker_deaths == 4  # a lost worker may be an outside kill: 4 to blame
 
 
 def test_timeout_is_enforced_inside_the_worker(cluster, remote_like):

@@ -35,9 +35,7 @@ def make_backend(opts: Options, preload: tuple[str, ...] = ()) -> Backend:
     if opts.backend == "dask":
         from .backends.dask import DaskBackend
 
-        return DaskBackend(
-            opts.workers, opts.scheduler, opts.initializer, opts.initargs, opts.timeout
-        )
+        return DaskBackend(opts.workers, opts.scheduler, opts.initializer, opts.initargs)
     from .backends.local import LocalBackend
 
     return LocalBackend(opts.workers, opts.start_method, opts.initializer, opts.initargs, preload)

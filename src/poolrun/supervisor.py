@@ -61,7 +61,7 @@ DEATHS_BEFORE_BLAME = 2  # an item fails after killing this many workers (the la
 # A SIGKILL or SIGTERM may come from outside (the OOM killer, an operator, a chaos test) and
 # hit whatever item happened to run, so it takes more evidence to blame an item for one.
 EXTERNAL_DEATHS_BEFORE_BLAME = 4
-EXTERNAL_CAUSES = ("worker-died: SIGKILL", "worker-died: SIGTERM")
+EXTERNAL_CAUSES = ("worker-died: SIGKILL", "worker-died: SIGTERM", "worker-died: dask worker lost")
 
 
 class FailureBudgetExceeded(Exception):
@@ -111,8 +111,8 @@ class Supervisor:
         self.stats = stats
         self.trace = trace
         self.total = total
-        track_start = options.timeout is not None
-        self.fn_id = backend.register(cloudpickle.dumps((fn, options.retry_on, track_start)))
+        payload = cloudpickle.dumps((fn, options.retry_on, options.timeout))
+        self.fn_id = backend.register(payload)
         fixed = options.batch_size if isinstance(options.batch_size, int) else None
         self.sizer = BatchSizer(
             workers=options.workers,
@@ -305,6 +305,7 @@ class Supervisor:
         self.awaiting_memory[ev.batch] = (len(ev.durations), busy)
         failed = len(ev.errors) if ev.errors else 0
         label = self.backend.describe_worker(ev.worker)
+        self.stats.worker_names[ev.worker] = label
         self.trace.batch(ev.worker, label, ev.batch, ev.started, ev.ended, ev.durations, failed)
         if batch.fresh and not ev.errors:
             segment = batch.parts[0][0]

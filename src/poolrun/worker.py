@@ -227,13 +227,13 @@ class WorkerLoop:
 
     def install(self, fn_id: int, payload: bytes) -> None:
         try:
-            fn, retry_on, track_start = cloudpickle.loads(payload)
+            fn, retry_on, timeout = cloudpickle.loads(payload)
         except BaseException as exc:
             send(self.conn, dumps(("fn-failed", fn_id, *describe_exception(exc, 0))))
             return
         if len(self.functions) >= 8:
             self.functions.pop(next(iter(self.functions)))
-        self.functions[fn_id] = (fn, retry_on, track_start)
+        self.functions[fn_id] = (fn, retry_on, timeout is not None)
         _pin_native_threads(self.blas_threads)
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:

@@ -126,7 +126,6 @@ def poolrun_batch(
     setup: Setup,
     payload: bytes,
     slot_ref: tuple[str, int] | None,
-    timeout: float | None,
 ) -> tuple[bytes, tuple[int, int] | None]:
     """The Dask task: run one batch; returns a pickled message and (RSS peak, max RSS).
 
@@ -137,16 +136,15 @@ def poolrun_batch(
         loaded = _load(batch_id, setup)
         if isinstance(loaded, bytes):
             return loaded, None
-        fn, retry_on, track_start = loaded
+        fn, retry_on, timeout = loaded
         slot = _slot(slot_ref)
         slot[SLOT_PID] = os.getpid()
-        watch = timeout if track_start else None
-        return _run(fn, retry_on, track_start, batch_id, payload, slot, watch)
+        return _run(fn, retry_on, timeout is not None, batch_id, payload, slot, timeout)
 
 
 def _load(
     batch_id: int, setup: Setup
-) -> bytes | tuple[Callable[[Any], Any], tuple[type[BaseException], ...], bool]:
+) -> bytes | tuple[Callable[[Any], Any], tuple[type[BaseException], ...], float | None]:
     """The cached function (running the initializer first), or a message saying why not."""
     if setup.init_key is not None and setup.init_key not in _INITIALIZED:
         if setup.init_payload is None:
@@ -411,11 +409,9 @@ class DaskBackend:
         scheduler: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
-        timeout: float | None = None,
     ) -> None:
         self.size = workers
         self.scheduler = scheduler
-        self.timeout = timeout
         self.init = cloudpickle.dumps((initializer, initargs)) if initializer else None
         self.client: Any = None  # distributed.Client, made in start()
         self.cluster: Any = None  # the LocalCluster this backend started, if any
@@ -550,7 +546,6 @@ class DaskBackend:
             self._setup(address, fn_id),
             data,
             self.slots.ref(worker_id) if self.slots else None,
-            self.timeout,
             pure=False,
             workers=[address],
             allow_other_workers=False,

@@ -308,6 +308,7 @@ def test_retry_will_not_overwrite_the_errors_file_it_reads(work, tmp_path) -> No
         (["run", "SPEC", "WORK"], "Is a directory"),
         (["run", "SPEC", "IN", "-o", "WORK/no/such/folder/o.jsonl"], "folder"),
         (["run", "SPEC", "IN", "-o", "IN"], "would overwrite the input"),
+        (["run", "SPEC", "IN", "-o", "WORK/o", "--errors", "WORK/o"], "must be different"),
         (["run", "SPEC", "IN", "--max-rss", "lots"], "--max-rss='lots' is not a size"),
         (["run", "SPEC", "IN", "--max-failures", "x%"], "not a count like '10'"),
         (["run", "SPEC", "IN", "-b", "big"], "--batch-size must be 'auto' or an int"),

@@ -452,10 +452,12 @@ def checkpoint_path(output: str) -> str:
 
 
 def _check_paths(source: str | None, outputs: list[str | None]) -> None:
-    """Refuse outputs that would overwrite the input, and outputs in missing folders."""
+    """Refuse outputs that would overwrite the input or each other, or sit in missing folders."""
     written = [Path(p).resolve() for p in outputs if p is not None]
     if source is not None and Path(source).resolve() in written:
         raise SetupError(f"an output would overwrite the input {source!r}; choose another path")
+    if len(set(written)) < len(written):
+        raise SetupError("the output, errors, report and trace files must be different files")
     for path in written:
         if not path.parent.is_dir():
             raise SetupError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} is missing")

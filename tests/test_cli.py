@@ -354,11 +354,6 @@ def test_a_spec_that_only_fails_in_workers_is_a_setup_error(work, tmp_path) -> N
     assert "no GPU here" in last
 
 
-@pytest.mark.xfail(
-    reason="engine bug: after a worker reports fn-failed it still gets batches and dies with "
-    "KeyError in WorkerLoop.run, printing a multiprocessing traceback on stderr",
-    strict=False,
-)
 def test_a_spec_that_only_fails_in_workers_prints_one_line(work, tmp_path) -> None:
     (tmp_path / "gpu.py").write_text(
         "import multiprocessing\nif multiprocessing.parent_process() is not None:\n"

@@ -229,8 +229,10 @@ class WorkerLoop:
         try:
             fn, retry_on, timeout = cloudpickle.loads(payload)
         except BaseException as exc:
+            # The supervisor fails the run on this message; batches already on their way
+            # would only meet a missing function, so this worker stops here.
             send(self.conn, dumps(("fn-failed", fn_id, *describe_exception(exc, 0))))
-            return
+            os._exit(EXIT_INIT_FAILED)
         if len(self.functions) >= 8:
             self.functions.pop(next(iter(self.functions)))
         self.functions[fn_id] = (fn, retry_on, timeout is not None)

@@ -55,5 +55,5 @@ def test_bad_sizes_are_named(text, match):
 
 def test_parse_workers():
     assert bench.parse_workers("1,2,4") == [1, 2, 4]
-    with pytest.raises(ValueError, match="--workers"):
+    with pytest.raises(ValueError, match="worker counts"):
         bench.parse_workers("0")

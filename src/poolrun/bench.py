@@ -44,9 +44,9 @@ def parse_sizes(text: str) -> list[int | str]:
         elif part.isdigit() and int(part) > 0:
             sizes.append(int(part))
         else:
-            raise ValueError(f"--sizes: {part!r} is not 'auto' or a whole number > 0")
+            raise ValueError(f"{part!r} is not 'auto' or a whole number > 0")
     if not sizes:
-        raise ValueError("--sizes: give at least one size, e.g. 1,8,64,auto")
+        raise ValueError("give at least one size, e.g. 1,8,64,auto")
     return sizes
 
 
@@ -54,9 +54,9 @@ def parse_workers(text: str) -> list[int]:
     try:
         counts = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise ValueError(f"--workers: {text!r} is not a list of whole numbers like 1,2,4") from None
+        raise ValueError(f"{text!r} is not a list of whole numbers like 1,2,4") from None
     if not counts or any(c < 1 for c in counts):
-        raise ValueError(f"--workers: {text!r} must list worker counts >= 1, e.g. 1,2,4")
+        raise ValueError(f"{text!r} must list worker counts >= 1, e.g. 1,2,4")
     return counts
 
 

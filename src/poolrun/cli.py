@@ -36,6 +36,7 @@ from .checkpoint import (
     check_resumable,
     new_hash,
 )
+from .cli_bench import bench_command
 from .jsonl import Input, InputError, LineCounter, LineTask, LineWriter, error_record, read_errors
 from .options import make_options, parse_max_failures
 from .progress import Progress
@@ -553,6 +554,9 @@ def cli() -> None:
     Exit codes: 0 all lines succeeded, 1 some lines failed (see the errors file),
     2 usage or setup error, 3 stopped by --max-failures, 130 interrupted (use --resume).
     """
+
+
+cli.add_command(bench_command)
 
 
 @cli.command()

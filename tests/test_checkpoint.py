@@ -48,8 +48,8 @@ def test_watermark_hashes_the_handled_prefix_and_snapshots_it() -> None:
     lines = [b'{"a": 1}\n', b"\n", b'{"a": 2}\n']
     mark = base()
     watermark = Watermark(mark, new_hash())
-    for raw in lines:
-        watermark.advance(raw)
+    watermark.advance(lines[:1])  # a batch of one line, then a batch of two
+    watermark.advance(lines[1:])
     snap = watermark.snapshot(mark, (30, 3), failed=1, complete=True)
     assert (snap.line, snap.offset) == (3, sum(map(len, lines)))
     assert (snap.output_size, snap.errors_size) == (30, 3)
@@ -63,7 +63,7 @@ def test_a_resumed_watermark_goes_on_from_its_mark() -> None:
     hasher.update(first)  # what --resume hashed while skipping the handled prefix
     mark = Mark("m:f", "/e", 18, offset=len(first), line=1, prefix_hash=hasher.hexdigest())
     watermark = Watermark(mark, hasher)
-    watermark.advance(second)
+    watermark.advance([second])
     snap = watermark.snapshot(mark, (0, 0), failed=0, complete=False)
     assert (snap.line, snap.offset) == (2, len(first + second))
     assert snap.prefix_hash == hashlib.sha1(first + second).hexdigest()

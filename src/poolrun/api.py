@@ -90,12 +90,16 @@ def _collect(call: _Call) -> Run:
     return call.run(kept)
 
 
-def _stream(call: _Call) -> Iterator[ItemResult]:
+def _segments(call: _Call) -> Iterator[Segment]:
     try:
-        for segment in call.segments_iter():
-            yield from segment.items()
+        yield from call.segments_iter()
     except FailureBudgetExceeded as exc:
         raise RunAborted(str(exc), call.run(call.supervisor.unreleased())) from None
+
+
+def _stream(call: _Call) -> Iterator[ItemResult]:
+    for segment in _segments(call):
+        yield from segment.items()
 
 
 class _OneShot:
@@ -153,9 +157,16 @@ class Streaming:
         self._call: _Call | None = None
 
     def results(self) -> Iterator[ItemResult]:
+        for segment in self.segments():
+            yield from segment.items()
+
+    def segments(self) -> Iterator[Segment]:
+        """Results a batch at a time (:class:`~poolrun.results.Segment`: ``start``, ``n``,
+        ``values``, ``errors`` by position), for callers that would otherwise pay for one
+        ``ItemResult`` object per item (the CLI writes a whole batch's lines at once)."""
         with _OneShot(self._fn, self.options) as backend:
             self._call = _Call(backend, self._fn, self._items, self.options)
-            yield from _stream(self._call)
+            yield from _segments(self._call)
 
     def report(self) -> Report | None:
         return self._call.report() if self._call else None

@@ -40,7 +40,7 @@ from .cli_bench import bench_command
 from .jsonl import Input, InputError, LineCounter, LineTask, LineWriter, error_record, read_errors
 from .options import make_options, parse_max_failures
 from .progress import Progress
-from .results import ItemResult, RunAborted
+from .results import RunAborted, Segment
 from .spec import SpecError, normalize, resolve
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -173,38 +173,44 @@ class Job:
             yield line[1]
 
     def run(self) -> Outcome:
-        results = self.stream.results()
+        segments = self.stream.segments()
         try:
-            self._drain(results)
+            self._drain(segments)
         except Interrupted:
-            return self._stop(results, Outcome("interrupted"))
+            return self._stop(segments, Outcome("interrupted"))
         except RunAborted as exc:
-            return self._stop(results, Outcome("aborted", str(exc)))
+            return self._stop(segments, Outcome("aborted", str(exc)))
         except BaseException:
-            self._stop(results, Outcome("error"))
+            self._stop(segments, Outcome("error"))
             raise
-        return self._stop(results, Outcome("done"))
+        return self._stop(segments, Outcome("done"))
 
-    def _drain(self, results: Generator[ItemResult, None, None]) -> None:
+    def _drain(self, segments: Generator[Segment, None, None]) -> None:
         guard, clock = self.guard, time.monotonic
-        for result in results:
+        for segment in segments:
             guard.hold()
-            self._write(result)
+            self._write(segment)
             now = clock()
             if now >= self.next_tick:
                 self._tick(now)
             guard.release()
 
-    def _write(self, result: ItemResult) -> None:
-        line, raw = self.pending.pop(result.index)
-        if result.ok:
-            self.out.write(result.value)  # b"" for a blank input line
+    def _write(self, segment: Segment) -> None:
+        """One batch's lines: its outputs in one write when none failed (the common case)."""
+        lines = [self.pending.pop(i) for i in range(segment.start, segment.start + segment.n)]
+        if not segment.errors:
+            self.out.write(b"".join(segment.values))  # b"" for blank input lines
         else:
-            self.errors.write(error_record(line, raw, result.error))  # type: ignore[arg-type]
-            self.failed += 1
-        self.done += 1
+            for pos, (line, raw) in enumerate(lines):
+                error = segment.errors.get(pos)
+                if error is None:
+                    self.out.write(segment.values[pos])
+                else:
+                    self.errors.write(error_record(line, raw, error))
+                    self.failed += 1
+        self.done += segment.n
         if self.resumable is not None:
-            self.resumable.watermark.advance(raw)
+            self.resumable.watermark.advance([raw for _, raw in lines])
 
     def _tick(self, now: float) -> None:
         self.next_tick = now + TICK_SECONDS
@@ -232,10 +238,10 @@ class Job:
         mark = self.resumable.watermark.snapshot(self.resumable.base, sizes, self.failed, complete)
         self.resumable.checkpoint.save(mark)
 
-    def _stop(self, results: Generator[ItemResult, None, None], outcome: Outcome) -> Outcome:
+    def _stop(self, segments: Generator[Segment, None, None], outcome: Outcome) -> Outcome:
         """Close the engine (workers are killed if it did not finish), then save for good."""
         self.guard.hold()
-        results.close()
+        segments.close()
         self._show_progress()
         self.progress.close()
         if self.resumable is not None:

@@ -250,26 +250,54 @@ def test_code_piped_on_stdin_runs():
     assert done.stdout.strip() == "[1, 2, 3, 4, 5]", done.stderr
 
 
-def test_workers_that_cannot_start_fail_the_run_fast(tmp_path):
-    script = tmp_path / "main_script.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-        import sys
-        import poolrun
-        if __name__ == "__mp_main__":
-            raise SystemExit("this script cannot be imported in a worker")
-        if __name__ == "__main__":
-            try:
-                poolrun.map(abs, range(10), workers=2)
-            except poolrun.SetupFailed as exc:
-                print("SETUP FAILED:", exc)
-        """
-        )
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+    from dataclasses import dataclass
+
+    import poolrun
+
+    with open(sys.argv[1], "a") as marker:  # top-level code, not behind a __main__ guard
+        marker.write(f"{os.getpid()}\\n")
+
+    @dataclass
+    class Point:
+        x: int
+        y: int
+
+    def spread(p):
+        return p.x - p.y
+
+    if __name__ == "__main__":
+        plain = poolrun.map(abs, range(-50, 50), workers=2)
+        print("PLAIN", sum(plain.values))
+        print("RUNS", len(open(sys.argv[1]).read().split()))
+        run = poolrun.map(spread, [Point(i, -i) for i in range(20)], workers=2)
+        print("POINTS", run.values[:3])
+    """
+)
+
+
+def test_workers_import_the_main_script_only_when_they_need_it(tmp_path):
+    script, marker = tmp_path / "script.py", tmp_path / "marker"
+    script.write_text(MAIN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(marker)], capture_output=True, text=True, timeout=60
     )
+    assert done.returncode == 0, done.stderr
+    # plain data: the workers never ran the script's top-level code
+    assert "PLAIN 2500" in done.stdout and "RUNS 1" in done.stdout
+    # objects of a class defined in the script: the workers imported it to unpickle them
+    assert "POINTS [0, 2, 4]" in done.stdout
+    assert len(marker.read_text().split()) > 1
+
+
+def test_workers_that_cannot_start_fail_the_run_fast():
+    def die_at_start():
+        os._exit(4)  # no message, no traceback: the worker is simply gone
+
     started = time.monotonic()
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert "SETUP FAILED: 5 workers in a row died before running any item" in done.stdout, (
-        done.stdout + done.stderr
-    )
+    with pytest.raises(poolrun.SetupFailed, match="5 workers in a row died before running any"):
+        poolrun.map(abs, range(10), workers=2, initializer=die_at_start)
     assert time.monotonic() - started < 20

@@ -199,8 +199,11 @@ def _pin_native_threads(threads: int | None) -> None:
 class WorkerLoop:
     """State of one worker process: its pipe, its slot and the functions it has been sent."""
 
-    def __init__(self, conn: Any, slot: Any, blas_threads: int | None) -> None:
+    def __init__(
+        self, conn: Any, slot: Any, blas_threads: int | None, main_ref: dict[str, str] | None = None
+    ) -> None:
         self.conn = conn
+        self.main_ref = main_ref
         self.slot = memoryview(slot).cast("B").cast("d")
         self.blas_threads = blas_threads
         self.functions: dict[int, tuple[Any, ...]] = {}
@@ -225,6 +228,20 @@ class WorkerLoop:
                 sys.stderr.flush()
                 os._exit(0)
 
+    def loads(self, payload: bytes) -> Any:
+        """Unpickle a batch; objects of classes from the caller's main script make this
+        worker import that script (once, as ``__mp_main__``) and try again."""
+        try:
+            return pickle.loads(payload)
+        except (AttributeError, ImportError) as exc:
+            if not self.main_ref or "__main__" not in str(exc):
+                raise
+        from multiprocessing import spawn
+
+        main_ref, self.main_ref = self.main_ref, None
+        spawn.prepare(main_ref)
+        return pickle.loads(payload)
+
     def install(self, fn_id: int, payload: bytes) -> None:
         try:
             fn, retry_on, timeout = cloudpickle.loads(payload)
@@ -243,7 +260,7 @@ class WorkerLoop:
         rss_start = self.process.memory_info().rss
         t_start = time.perf_counter()
         try:
-            items = pickle.loads(payload)
+            items = self.loads(payload)
         except BaseException as exc:
             send(self.conn, dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
             return
@@ -268,7 +285,12 @@ class WorkerLoop:
 
 
 def main(
-    conn: Any, slot: Any, supervisor_pid: int, blas_threads: int | None, initializer: bytes | None
+    conn: Any,
+    slot: Any,
+    supervisor_pid: int,
+    blas_threads: int | None,
+    initializer: bytes | None,
+    main_ref: dict[str, str] | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
@@ -281,4 +303,4 @@ def main(
         except BaseException as exc:
             send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))
             os._exit(EXIT_INIT_FAILED)
-    WorkerLoop(conn, slot, blas_threads).serve()
+    WorkerLoop(conn, slot, blas_threads, main_ref).serve()

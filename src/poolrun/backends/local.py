@@ -61,25 +61,40 @@ class _Worker:
         self.channel.close()
 
 
-@contextlib.contextmanager
-def _main_without_missing_file() -> Iterator[None]:
-    """Start workers without asking them to re-run a ``__main__`` that has no file.
+def main_reference() -> dict[str, str]:
+    """How a worker can import the supervisor's ``__main__`` module if it ever needs it."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name:
+        return {"init_main_from_name": name}
+    path = getattr(main, "__file__", None)
+    if path and os.path.exists(path):
+        return {"init_main_from_path": os.path.abspath(path)}
+    return {}  # code on stdin, a REPL, ``python -c``: nothing to import
 
-    spawn and forkserver children re-import the parent's main script (so objects defined
-    there unpickle). Code piped on stdin, or typed in a REPL, has a ``__file__`` such as
-    ``<stdin>`` that does not exist, and every worker would die at start trying to run it.
-    poolrun ships functions with cloudpickle, so such workers need no main module at all.
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a worker without making it re-run the caller's main script.
+
+    spawn and forkserver children re-import the parent's ``__main__`` before anything else,
+    so every worker would pay for all the script's imports and top-level code (and die at
+    once for code piped on stdin). poolrun ships functions by value with cloudpickle, so a
+    worker needs the main module only to unpickle objects of classes defined there; it
+    imports it then, once (see ``WorkerLoop.loads``).
     """
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None or os.path.exists(path):
+    if main is None:
         yield
         return
-    del main.__file__
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
     try:
         yield
     finally:
-        main.__file__ = path
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _process_handle(pid: int) -> psutil.Process | None:
@@ -138,10 +153,17 @@ class LocalBackend:
         view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
         process = self.context.Process(
             target=worker.main,
-            args=(child_end, slot, os.getpid(), self.blas_threads, self.initializer),
+            args=(
+                child_end,
+                slot,
+                os.getpid(),
+                self.blas_threads,
+                self.initializer,
+                main_reference(),
+            ),
             name="poolrun-worker",
         )
-        with _main_without_missing_file():
+        with _main_hidden():
             process.start()
         child_end.close()
         self.workers[process.pid] = _Worker(

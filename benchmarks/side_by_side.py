@@ -172,7 +172,8 @@ ADAPTERS: dict[str, Adapter] = {
     "poolrun": poolrun_map,
 }
 FIXED_BATCH = re.compile(r"poolrun_b(\d+)")
-DEFAULT_ENGINES = (*ADAPTERS, "poolrun_b1", "poolrun_b64", CLI_ENGINE)
+WARM_ENGINE = "poolrun_warm"
+DEFAULT_ENGINES = (*ADAPTERS, WARM_ENGINE, "poolrun_b1", "poolrun_b64", CLI_ENGINE)
 # The package each engine needs; without it the engine is reported, not run.
 NEEDS = {"joblib": "joblib", "mpire": "mpire", "poolrun": "poolrun"}
 
@@ -187,7 +188,7 @@ def adapter_for(engine: str) -> Adapter:
 
 def check_engine_name(engine: str) -> str:
     """argparse-friendly validation, so that a typo fails before minutes of benchmarking."""
-    if engine in ADAPTERS or engine == CLI_ENGINE or FIXED_BATCH.fullmatch(engine):
+    if engine in ADAPTERS or engine in (CLI_ENGINE, WARM_ENGINE) or FIXED_BATCH.fullmatch(engine):
         return engine
     raise argparse.ArgumentTypeError(
         f"unknown engine {engine!r}; known: {', '.join(DEFAULT_ENGINES)}, poolrun_b<N>"
@@ -204,7 +205,8 @@ def why_absent(engine: str) -> tuple[str, str] | None:
     """
     if engine == CLI_ENGINE:
         return None if cli_script() else ("unavailable", "`poolrun run --help` did not work")
-    package = NEEDS.get("poolrun" if FIXED_BATCH.fullmatch(engine) else engine)
+    poolrun_engine = FIXED_BATCH.fullmatch(engine) or engine == WARM_ENGINE
+    package = NEEDS.get("poolrun" if poolrun_engine else engine)
     if package is None:
         return None
     try:
@@ -315,7 +317,18 @@ def run_in_process(adapter: Adapter, job: Job) -> Trial:
 
 
 def run_trial(engine: str, job: Job) -> Trial:
-    """One cold run of ``engine``; a forkserver it leaves behind is stopped before returning."""
+    """One cold run of ``engine``; a forkserver it leaves behind is stopped before returning.
+
+    ``poolrun_warm`` is the exception: poolrun with default options in a process that has
+    run poolrun before (its forkserver is up, the function's module preloaded), as in any
+    long-lived program that calls it more than once. The warm-up call is not timed.
+    """
+    if engine == WARM_ENGINE:
+        poolrun_map(job.workload.fn, job.items[:1], job.workers)
+        try:
+            return run_in_process(poolrun_map, job)
+        finally:
+            stop_forkserver()
     try:
         if engine == CLI_ENGINE:
             trial = run_poolrun_cli(job.records_path, job.workers) if job.records_path else None

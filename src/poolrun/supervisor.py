@@ -135,8 +135,8 @@ class Supervisor:
         self.retiring: set[int] = set()
         self.kill_targets: dict[int, tuple[int, int] | None] = {}
         self.awaiting_memory: dict[int, tuple[int, float]] = {}
-        self.proven: set[int] = set()  # workers that have finished a batch
-        self.startup_deaths = 0  # consecutive deaths of workers that never ran an item
+        self.any_done = False  # has any batch of this run finished?
+        self.startup_deaths = 0  # deaths of workers seen before any batch finished
         self.next_rss_sample = 0.0
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -295,8 +295,7 @@ class Supervisor:
         return self.batches.pop(batch_id, None)
 
     def _on_done(self, ev: BatchDone) -> None:
-        self.proven.add(ev.worker)
-        self.startup_deaths = 0
+        self.any_done = True
         batch = self._take(ev.worker, ev.batch)
         if batch is None:
             return
@@ -403,7 +402,7 @@ class Supervisor:
             self.stats.count("memory_kills")
         self.trace.mark(w, cause, time.perf_counter(), running=ev.running)
         log.debug("worker {} died ({}) with {} batches in flight", w, cause, len(ids))
-        self._check_startup(w, cause, ev)
+        self._check_startup(cause, ev)
         self.inflight[self.backend.replace(w)] = deque()
         pieces: list[Batch] = []
         for batch_id in ids:
@@ -418,12 +417,12 @@ class Supervisor:
                 pieces.append(batch)  # never started: re-run as it was
         self.requeued.extendleft(reversed(pieces))
 
-    def _check_startup(self, w: int, cause: str, ev: WorkerDied) -> None:
-        """Workers that die before running anything, again and again, will never work:
-        fail the run instead of respawning forever (e.g. a main script that cannot be
-        re-imported in a worker, a broken environment)."""
-        if w in self.proven or ev.running is not None or cause in ("timeout", "memory-limit"):
-            self.proven.discard(w)
+    def _check_startup(self, cause: str, ev: WorkerDied) -> None:
+        """Workers that die before this run has finished a single batch, again and again,
+        will never work: fail the run instead of respawning forever (an initializer that
+        exits, a broken environment). Once any batch has finished, deaths are the items'
+        doing and are handled by blaming and splitting."""
+        if self.any_done or ev.running is not None or cause in ("timeout", "memory-limit"):
             return
         self.startup_deaths += 1
         if self.startup_deaths > 2 * self.opts.workers:

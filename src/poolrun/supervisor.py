@@ -111,7 +111,7 @@ class Supervisor:
         self.stats = stats
         self.trace = trace
         self.total = total
-        payload = cloudpickle.dumps((fn, options.retry_on, options.timeout))
+        payload = cloudpickle.dumps((fn, options.retry_on, options.timeout, options.max_rss))
         self.fn_id = backend.register(payload)
         fixed = options.batch_size if isinstance(options.batch_size, int) else None
         self.sizer = BatchSizer(

@@ -198,16 +198,18 @@ def _pin_native_threads(threads: int | None) -> None:
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 KEEP_FREED_BYTES = 64 * 1024 * 1024
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
 
-def _keep_freed_memory() -> None:
+def _tune_malloc(memory_limited: bool) -> None:
     """Let glibc keep freed memory for reuse instead of handing it back after every item.
 
     By default glibc serves blocks over 128 KB with fresh ``mmap`` pages and trims the heap
-    as soon as its free top passes twice that, so a function that allocates a few
-    arrays per item pays page faults on every call: 200x200 matrix work ran 60% slower in a
-    fresh worker than in a long-lived process. A worker is a long-lived process, so it keeps
-    up to 64 MB of freed memory (blocks over 16 MB still come and go with ``mmap``).
+    as soon as its free top passes that, so a function that allocates a few arrays per item
+    pays page faults on every call: 200x200 matrix work ran 60% slower in a fresh worker
+    than in a long-lived process. A worker is a long-lived process, so it keeps up to 64 MB
+    of freed memory (blocks over 16 MB still come and go with ``mmap``), unless the run has a
+    ``max_rss``: then memory goes back to the system at once, as the limit expects.
     ``MALLOC_*`` variables set by the user win.
     """
     if any(name.startswith("MALLOC_") for name in os.environ):
@@ -218,8 +220,9 @@ def _keep_freed_memory() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc
         return
-    mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES // 4)
-    mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
+    keep = GLIBC_DEFAULT_THRESHOLD if memory_limited else KEEP_FREED_BYTES
+    mallopt(M_MMAP_THRESHOLD, max(GLIBC_DEFAULT_THRESHOLD, keep // 4))
+    mallopt(M_TRIM_THRESHOLD, keep)
 
 
 class WorkerLoop:
@@ -270,7 +273,7 @@ class WorkerLoop:
 
     def install(self, fn_id: int, payload: bytes) -> None:
         try:
-            fn, retry_on, timeout = cloudpickle.loads(payload)
+            fn, retry_on, timeout, max_rss = cloudpickle.loads(payload)
         except BaseException as exc:
             # The supervisor fails the run on this message; batches already on their way
             # would only meet a missing function, so this worker stops here.
@@ -279,6 +282,7 @@ class WorkerLoop:
         if len(self.functions) >= 8:
             self.functions.pop(next(iter(self.functions)))
         self.functions[fn_id] = (fn, retry_on, timeout is not None)
+        _tune_malloc(memory_limited=max_rss is not None)
         _pin_native_threads(self.blas_threads)
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
@@ -322,7 +326,6 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     threading.Thread(target=_watch_supervisor, args=(supervisor_pid,), daemon=True).start()
     _pin_native_threads(blas_threads)
-    _keep_freed_memory()
     if initializer is not None:
         try:
             init, initargs = cloudpickle.loads(initializer)

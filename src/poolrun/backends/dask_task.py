@@ -101,7 +101,7 @@ def poolrun_batch(
         loaded = _load(batch_id, setup)
         if isinstance(loaded, bytes):
             return loaded, None
-        fn, retry_on, timeout = loaded
+        fn, retry_on, timeout, _ = loaded
         slot = _slot(slot_ref)
         slot[SLOT_PID] = os.getpid()
         return _run(fn, retry_on, timeout is not None, batch_id, payload, slot, timeout)

@@ -228,3 +228,16 @@ def test_sizes_parse():
     assert parse_size("1GB") == 10**9
     assert parse_size("512MiB") == 512 * 2**20
     assert parse_size(1000) == 1000
+
+
+def test_public_names_and_lazy_package():
+    import subprocess
+    import sys
+
+    assert sorted(poolrun.__all__) == sorted(n for n in dir(poolrun) if n in poolrun.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = poolrun.nope
+    # a worker imports poolrun.worker only: none of the supervisor side comes with it
+    code = "import sys, poolrun.worker; print(sorted(m for m in sys.modules if 'poolrun' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip() == "['poolrun', 'poolrun.worker']"

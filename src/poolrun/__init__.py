@@ -4,14 +4,38 @@
 >>> run = poolrun.map(str.upper, ["a", "b"], workers=2)
 >>> run.values
 ['A', 'B']
+
+The public names are loaded on first use (PEP 562), so a worker process, which imports only
+``poolrun.worker``, does not pay for the supervisor, the CLI or the report.
 """
 
-from .api import Pool, Task, imap, map, task
-from .backends.base import SetupFailed
-from .report import Report
-from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
-from .trace import Trace
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import Pool, Task, imap, map, task
+    from .backends.base import SetupFailed
+    from .report import Report
+    from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
+    from .trace import Trace
+
+_WHERE = {
+    "Pool": "api",
+    "Task": "api",
+    "imap": "api",
+    "map": "api",
+    "task": "api",
+    "SetupFailed": "backends.base",
+    "Report": "report",
+    "ItemError": "results",
+    "ItemResult": "results",
+    "ItemsFailed": "results",
+    "Run": "results",
+    "RunAborted": "results",
+    "Trace": "trace",
+}
 __all__ = [
     "ItemError",
     "ItemResult",
@@ -28,3 +52,16 @@ __all__ = [
     "task",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

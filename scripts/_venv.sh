@@ -3,7 +3,7 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
-EXTRAS="${POOLRUN_EXTRAS:-dev,dask,bench}"
+EXTRAS="${POOLRUN_EXTRAS:-dev,dask,bench,plot}"
 if [ ! -x "$PY" ]; then
     echo "creating $VENV" >&2
     python3 -m venv "$VENV"

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import threading
 
 import numpy as np
-import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import poolrun
 import poolrun.options
-from conftest import live_workers
+from conftest import PeakWorkerRss, live_workers
 from funcs import describe, eight_mb_array, fail_on_three, identity, square
 
 
@@ -160,27 +157,11 @@ def test_report_and_trace(tmp_path):
 
 def test_memory_limit_keeps_worker_rss_under_it():
     limit = 400_000_000
-    peak = [0]
-    stop = threading.Event()
-
-    def sample():
-        me = psutil.Process()
-        while not stop.is_set():
-            for p in live_workers(me):
-                with contextlib.suppress(psutil.Error):
-                    peak[0] = max(peak[0], p.memory_info().rss)
-            stop.wait(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with PeakWorkerRss() as rss:
         run = poolrun.map(eight_mb_array, range(200), workers=2, max_rss="400MB")
-    finally:
-        stop.set()
-        sampler.join()
     assert run.ok
     assert [float(v[0]) for v in run.values] == [float(i) for i in range(200)]
-    assert 0 < peak[0] < limit, peak[0]
+    assert 0 < rss.peak < limit, rss.peak
 
 
 def test_no_orphans_after_exception_in_caller():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -16,7 +15,7 @@ import psutil
 import pytest
 
 import poolrun
-from conftest import live_workers, wait_until
+from conftest import PeakWorkerRss, live_workers, wait_until
 from funcs import (
     allocate_mb,
     exit_on,
@@ -123,26 +122,11 @@ def test_retry_on_filters_exception_types():
 
 def test_leaking_function_is_recycled_under_the_limit():
     limit = 300_000_000
-    peak = [0]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            for p in live_workers():
-                with contextlib.suppress(psutil.Error):
-                    peak[0] = max(peak[0], p.memory_info().rss)
-            stop.wait(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with PeakWorkerRss() as rss:
         run = poolrun.map(leak_2mb, range(1500), workers=2, max_rss="300MB")
-    finally:
-        stop.set()
-        sampler.join()
     assert run.values == list(range(1500))
     assert run.report.recycled > 0
-    assert peak[0] < limit, peak[0]
+    assert 0 < rss.peak < limit, rss.peak
 
 
 def test_item_over_the_memory_limit_fails_alone():
@@ -195,18 +179,23 @@ CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_during_map_exits_quickly_without_orphans():
+def _start_script_with_workers(stderr: int) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """Run CTRL_C_SCRIPT in its own session; return it once both its workers are up."""
     script = CTRL_C_SCRIPT.format(tests=os.path.dirname(__file__))
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         start_new_session=True,
     )
     parent = psutil.Process(proc.pid)
     assert proc.stdout.readline().strip() == b"started"
     assert wait_until(lambda: len(live_workers(parent)) == 2, timeout=20)
-    workers = live_workers(parent)
+    return proc, live_workers(parent)
+
+
+def test_ctrl_c_during_map_exits_quickly_without_orphans():
+    proc, workers = _start_script_with_workers(subprocess.PIPE)
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the whole group
     proc.wait(timeout=10)
@@ -219,17 +208,7 @@ def test_ctrl_c_during_map_exits_quickly_without_orphans():
 
 
 def test_workers_exit_when_supervisor_is_killed():
-    script = CTRL_C_SCRIPT.format(tests=os.path.dirname(__file__))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    parent = psutil.Process(proc.pid)
-    assert proc.stdout.readline().strip() == b"started"
-    assert wait_until(lambda: len(live_workers(parent)) == 2, timeout=20)
-    workers = live_workers(parent)
+    proc, workers = _start_script_with_workers(subprocess.DEVNULL)
     proc.kill()
     proc.wait(timeout=10)
 

@@ -15,11 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .worker import Uniform
+
 _BINS_PER_DECADE = 50
 _LOW_EXP = -8  # 10 ns
 _HIGH_EXP = 5  # ~28 hours
 _NBINS = (_HIGH_EXP - _LOW_EXP) * _BINS_PER_DECADE + 2
 FINE_GRAINED_SECONDS = 5e-6
+
+
+def _bin(seconds: float) -> int:
+    exponent = math.log10(max(seconds, 10.0**_LOW_EXP))
+    return min(max(int((exponent - _LOW_EXP) * _BINS_PER_DECADE) + 1, 0), _NBINS - 1)
 
 
 class LatencyHistogram:
@@ -41,6 +48,11 @@ class LatencyHistogram:
 
         if self.counts is None:
             self.counts = np.zeros(_NBINS, dtype=np.int64)
+        if isinstance(durations, Uniform):  # one value, n times: one bin
+            self.total += durations.value * durations.n
+            self.n += durations.n
+            self.counts[_bin(durations.value)] += durations.n
+            return
         arr = np.asarray(durations, dtype=np.float64)
         self.total += float(arr.sum())
         self.n += arr.size

@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -69,6 +69,28 @@ def describe_exception(exc: BaseException, skip_frames: int = 1) -> tuple[str, s
 TIMED_ITEM_SECONDS = 2e-6  # below this, reading the clock per item costs more than the item
 
 
+class Uniform(Sequence):
+    """``n`` equal durations, sent as two numbers instead of ``n`` (the untimed fast path)."""
+
+    __slots__ = ("n", "value")
+
+    def __init__(self, value: float, n: int) -> None:
+        self.value, self.n = value, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self.value] * len(range(*index.indices(self.n)))
+        if not -self.n <= index < self.n:
+            raise IndexError("duration index out of range")
+        return self.value
+
+    def __reduce__(self) -> tuple[type[Uniform], tuple[float, int]]:
+        return (Uniform, (self.value, self.n))
+
+
 def run_batch(
     fn: Callable[[Any], Any],
     items: list[Any],
@@ -77,7 +99,7 @@ def run_batch(
     retry_on: tuple[type[BaseException], ...],
     track_start: bool = True,
     timed: bool = True,
-) -> tuple[list[Any], array, list[tuple[int, str, str, str, bool]] | None]:
+) -> tuple[list[Any], Sequence[float], list[tuple[int, str, str, str, bool]] | None]:
     """Run ``fn`` over ``items``, each in its own ``try``; returns values, durations, errors.
 
     Durations go in an ``array('d')``: it pickles as one block of bytes, not as many floats.
@@ -92,7 +114,7 @@ def run_batch(
         started = time.perf_counter()
         values, errors = _run_untimed(fn, items, slot, retry_on)
         mean = (time.perf_counter() - started) / max(len(items), 1)
-        durations = array("d", [mean]) * len(items)
+        durations = Uniform(mean, len(items))
     slot[SLOT_POS] = IDLE
     return values, durations, errors
 

@@ -130,7 +130,7 @@ class LocalBackend:
         self.size = workers
         self.context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            self.context.set_forkserver_preload(["poolrun.worker", "threadpoolctl", *preload])
+            self.context.set_forkserver_preload(["poolrun.worker", *preload])
         self.initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
         self.blas_threads = max(1, available_cpus() // workers)
         self.workers: dict[int, _Worker] = {}

@@ -1,0 +1,42 @@
+"""The report's latency histogram, as a plain object."""
+
+from __future__ import annotations
+
+import random
+from array import array
+
+import pytest
+
+from poolrun.report import LatencyHistogram
+from poolrun.worker import Uniform
+
+
+def test_percentiles_within_the_bin_width():
+    rng = random.Random(3)
+    values = [rng.lognormvariate(-9, 1.5) for _ in range(20_000)]
+    hist = LatencyHistogram()
+    hist.add(array("d", values[:7000]))
+    hist.add(values[7000:])
+    ordered = sorted(values)
+    for q in (50, 95, 99):
+        exact = ordered[int(q / 100 * len(ordered)) - 1]
+        assert hist.percentile(q) == pytest.approx(exact, rel=0.05)
+    assert hist.n == 20_000 and hist.total == pytest.approx(sum(values))
+
+
+def test_uniform_durations_count_as_n_equal_items():
+    compact, spelled = LatencyHistogram(), LatencyHistogram()
+    compact.add(Uniform(3e-7, 5000))
+    spelled.add(array("d", [3e-7]) * 5000)
+    assert compact.n == spelled.n == 5000
+    assert compact.total == pytest.approx(spelled.total)
+    assert (compact.counts == spelled.counts).all()
+    durations = Uniform(0.5, 3)
+    assert len(durations) == 3 and durations[2] == 0.5 and durations[-3] == 0.5
+    assert list(durations) == [0.5] * 3 and durations[1:] == [0.5, 0.5]
+    with pytest.raises(IndexError):
+        durations[3]
+
+
+def test_empty_histogram_has_no_percentiles():
+    assert LatencyHistogram().percentile(50) is None

@@ -223,7 +223,7 @@ KEEP_FREED_BYTES = 64 * 1024 * 1024
 GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
 
-def _tune_malloc(memory_limited: bool) -> None:
+def tune_malloc(memory_limited: bool) -> None:
     """Let glibc keep freed memory for reuse instead of handing it back after every item.
 
     By default glibc serves blocks over 128 KB with fresh ``mmap`` pages and trims the heap
@@ -304,7 +304,7 @@ class WorkerLoop:
         if len(self.functions) >= 8:
             self.functions.pop(next(iter(self.functions)))
         self.functions[fn_id] = (fn, retry_on, timeout is not None)
-        _tune_malloc(memory_limited=max_rss is not None)
+        tune_malloc(memory_limited=max_rss is not None)
         _pin_native_threads(self.blas_threads)
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:

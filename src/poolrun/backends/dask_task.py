@@ -49,6 +49,7 @@ from ..worker import (
     dumps,
     encode_result,
     run_batch,
+    tune_malloc,
 )
 
 SLOT_PID = SLOT_SIZE  # the Dask worker's pid, after the local backend's three numbers
@@ -132,6 +133,7 @@ def _load(
     if len(_FUNCTIONS) >= MAX_CACHED_FUNCTIONS:
         _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
     _FUNCTIONS[setup.fn_key] = found
+    tune_malloc(memory_limited=found[3] is not None)
     return found
 
 

@@ -132,13 +132,7 @@ def imap(fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Iter
 
     ``items`` is consumed lazily: only a bounded number of items is read ahead.
     """
-    opts = make_options(**options)
-
-    def generate() -> Iterator[ItemResult]:
-        with _OneShot(fn, opts) as backend:
-            yield from _stream(_Call(backend, fn, items, opts))
-
-    return generate()
+    return Streaming(fn, items, **options).results()
 
 
 class Streaming:

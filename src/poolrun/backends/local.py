@@ -136,7 +136,6 @@ class LocalBackend:
         self.workers: dict[int, _Worker] = {}
         self.retiring: list[Any] = []
         self.functions: dict[int, bytes] = {}
-        self.restarts = 0
         self.closed = False
         _LIVE.add(self)
 
@@ -185,7 +184,6 @@ class LocalBackend:
                 gone.process.kill()
                 gone.process.join(timeout=5)
             gone.close()
-        self.restarts += 1
         return self._spawn()
 
     def retire(self, worker_id: int) -> int:
@@ -195,7 +193,6 @@ class LocalBackend:
             old.channel.send(worker.dumps(("stop",)))
         old.close()
         self.retiring.append(old.process)
-        self.restarts += 1
         log.debug("recycling worker {} (memory)", worker_id)
         return self._spawn()
 

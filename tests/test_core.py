@@ -222,3 +222,13 @@ def test_public_names_and_lazy_package():
     code = "import sys, poolrun.worker; print(sorted(m for m in sys.modules if 'poolrun' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip() == "['poolrun', 'poolrun.worker']"
+
+
+def test_pool_is_clean_after_a_call_that_ended_early():
+    with poolrun.Pool(workers=2) as p:
+        stream = p.imap(square, range(100_000), batch_size=50)
+        assert [r.value for r in itertools.islice(stream, 10)] == [x * x for x in range(10)]
+        stream.close()  # batches were still in flight on both workers
+        assert p.map(describe, range(500), batch_size=20).values == list(range(500))
+        assert len(live_workers()) == 2
+    assert not live_workers()

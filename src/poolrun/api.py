@@ -52,7 +52,12 @@ class _Call:
     """One map/imap call: a supervisor plus the report, trace and progress around it."""
 
     def __init__(
-        self, backend: Backend, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options
+        self,
+        backend: Backend,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        opts: Options,
+        pooled: bool = False,
     ) -> None:
         self.items = items
         self.opts = opts
@@ -60,6 +65,8 @@ class _Call:
         self.stats = Stats(backend.name, opts.workers)
         self.trace = Trace(self.stats.started, with_items=opts.trace_items)
         self.supervisor = Supervisor(backend, fn, opts, self.stats, self.trace, self.total)
+        # A pool's workers outlive the call: one that ends early must leave them clean.
+        self.supervisor.reset_on_abandon = pooled
         self.progress = Progress(self.total, opts.progress)
         self.segments: list[Segment] = []
 
@@ -217,7 +224,7 @@ class Pool:
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any) -> Run:
         backend, opts = self._ready(fn, overrides)
         try:
-            return _collect(_Call(backend, fn, items, opts))
+            return _collect(_Call(backend, fn, items, opts, pooled=True))
         except KeyboardInterrupt:
             self.terminate()  # Ctrl-C: don't wait for busy workers
             raise
@@ -226,7 +233,7 @@ class Pool:
         self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any
     ) -> Iterator[ItemResult]:
         backend, opts = self._ready(fn, overrides)
-        return _stream(_Call(backend, fn, items, opts))
+        return _stream(_Call(backend, fn, items, opts, pooled=True))
 
     def close(self) -> None:
         """Let workers finish and exit; waits for them."""

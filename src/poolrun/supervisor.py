@@ -141,6 +141,7 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._items: Iterator[Any] = iter(())
+        self.reset_on_abandon = True
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -173,7 +174,10 @@ class Supervisor:
         self._check_budget()
 
     def abandon(self) -> None:
-        """Reset workers still busy with this run, so a reused pool starts clean."""
+        """Reset workers still busy with this run, so a reused pool starts clean (a
+        one-shot call's backend is closed right after, so there is nothing to reset)."""
+        if not self.reset_on_abandon:
+            return
         for w, ids in list(self.inflight.items()):
             if ids:
                 self.inflight.pop(w)

@@ -64,11 +64,11 @@ class _Call:
         self.total = _total(items)
         self.stats = Stats(backend.name, opts.workers)
         self.trace = Trace(self.stats.started, with_items=opts.trace_items)
-        self.supervisor = Supervisor(backend, fn, opts, self.stats, self.trace, self.total)
         # A pool's workers outlive the call: one that ends early must leave them clean.
-        self.supervisor.reset_on_abandon = pooled
+        self.supervisor = Supervisor(
+            backend, fn, opts, self.stats, self.trace, self.total, reset_on_abandon=pooled
+        )
         self.progress = Progress(self.total, opts.progress)
-        self.segments: list[Segment] = []
 
     def segments_iter(self) -> Iterator[Segment]:
         try:

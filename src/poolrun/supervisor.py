@@ -105,6 +105,7 @@ class Supervisor:
         stats: Stats,
         trace: Trace,
         total: int | None = None,
+        reset_on_abandon: bool = True,
     ) -> None:
         self.backend = backend
         self.opts = options
@@ -141,7 +142,7 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._items: Iterator[Any] = iter(())
-        self.reset_on_abandon = True
+        self.reset_on_abandon = reset_on_abandon
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -404,7 +405,7 @@ class Supervisor:
             self.stats.count("timeouts")
         elif cause == "memory-limit":
             self.stats.count("memory_kills")
-        self.trace.mark(w, cause, time.perf_counter(), running=ev.running)
+        self.trace.mark(w, cause, time.perf_counter(), running=ev.running, detail=ev.detail)
         log.debug("worker {} died ({}) with {} batches in flight", w, cause, len(ids))
         self._check_startup(cause, ev)
         self.inflight[self.backend.replace(w)] = deque()

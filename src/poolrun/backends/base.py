@@ -50,19 +50,14 @@ class WorkerDied:
     worker: int
     cause: str  # "worker-died: SIGSEGV", "timeout", "memory-limit", ...
     running: tuple[int, int] | None  # (batch, position) of the item it was running, if any
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class WorkerRetired:
-    worker: int
+    detail: str = ""  # exit code or worker address, kept in the trace marker
 
 
 class SetupFailed(RuntimeError):
     """A worker could not start (initializer raised, function cannot be loaded): fatal."""
 
 
-Event = BatchDone | BatchMemory | BatchRejected | WorkerDied | WorkerRetired
+Event = BatchDone | BatchMemory | BatchRejected | WorkerDied
 
 
 class Backend(Protocol):
@@ -92,16 +87,12 @@ class Backend(Protocol):
 
     def kill(self, worker: int, cause: str) -> None: ...
 
-    def retire(self, worker: int) -> None:
-        """Replace a healthy worker once it is idle (memory recycling)."""
+    def retire(self, worker: int) -> int:
+        """Replace a healthy worker once it is idle (memory recycling); returns the new id."""
         ...
 
     def replace(self, worker: int) -> int:
         """Start a fresh worker in place of a dead or retired one; returns its id."""
-        ...
-
-    def abandon(self) -> None:
-        """Drop work in flight (a run ended early); the backend stays usable."""
         ...
 
     def close(self, wait: bool = True) -> None: ...

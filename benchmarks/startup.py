@@ -13,8 +13,13 @@ defined in the script itself (``__main__``), as it is the first time anyone trie
 
 * Engines: ``poolrun.map``, ``multiprocessing.Pool.map`` (its own chunking),
   ``ProcessPoolExecutor.map`` chunked as ``Pool.map`` chunks, and mpire's ``WorkerPool.map``,
-  all with 2 workers and their default start methods, and the environment as the user has it
-  (no BLAS pinning: what each engine does about BLAS threads is part of what it costs).
+  all with 2 workers and their default start methods. BLAS is pinned to one thread in every
+  script's environment (``--no-pin-blas`` leaves it as the user has it: then the peers
+  oversubscribe the cores on the matmul workload and take 5-10x longer, while poolrun pins
+  its workers itself), so the matmul row compares start-up, not BLAS threading.
+* ``--before SRC`` adds a ``poolrun_before`` engine: the same poolrun script run with
+  ``PYTHONPATH=SRC`` (e.g. a ``git worktree`` of an older commit), so that a change is
+  measured against what it replaced in the same interleaved rounds.
 * Rounds are interleaved (every engine once per round, in a rotating order), so a noisy
   neighbour on this shared machine hits every engine alike; the median of the rounds is kept,
   and the ratio poolrun / best peer is taken between medians of the same run.
@@ -127,12 +132,13 @@ ENGINES = {
         "    values = pool.map(fn, [(x,) for x in items])\n",
     ),
 }
-PEERS = [e for e in ENGINES if e != "poolrun"]
+PEERS = ["mp_pool", "ppe", "mpire"]
+BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def script(workload: str, engine: str, scale: float) -> str:
     body, make_items, size, _ = PRELUDE[workload]
-    imports, call = ENGINES[engine]
+    imports, call = ENGINES[engine.removesuffix("_before")]
     n = max(4, round(size * scale))
     return (
         f"{imports}{body}\n"
@@ -185,27 +191,32 @@ def peak_pss(path: Path, env: dict[str, str]) -> int:
     return peak
 
 
-def environment() -> dict[str, str]:
+def environments(engines: list[str], pin_blas: bool, before: str | None) -> dict:
     env = dict(os.environ)
     env.pop("POOLRUN_LOG", None)
-    # Scripts live in a temp folder: let them import what the repository's venv has.
-    return env
+    if pin_blas:
+        env.update(dict.fromkeys(BLAS_VARIABLES, "1"))
+    envs = dict.fromkeys(engines, env)
+    if before:
+        envs["poolrun_before"] = {**env, "PYTHONPATH": before}
+    return envs
 
 
-def measure(workloads: list[str], rounds: int, scale: float, pss: bool, folder: Path) -> dict:
-    env = environment()
+def measure(
+    workloads: list[str], engines: list[str], rounds: int, scale: float, pss: bool, envs: dict,
+    folder: Path,
+) -> dict:  # fmt: skip
     paths = {}
     for w in workloads:
-        for e in ENGINES:
+        for e in engines:
             paths[w, e] = folder / f"{w}_{e}.py"
             paths[w, e].write_text(script(w, e, scale))
     cells = {key: Cell([]) for key in paths}
-    engines = list(ENGINES)
     for r in range(rounds):
         order = engines[r % len(engines) :] + engines[: r % len(engines)]
         for w in workloads:
             for e in order:
-                seconds, digest = run_script(paths[w, e], env)
+                seconds, digest = run_script(paths[w, e], envs[e])
                 cell = cells[w, e]
                 cell.seconds.append(seconds)
                 cell.digest = digest
@@ -215,23 +226,24 @@ def measure(workloads: list[str], rounds: int, scale: float, pss: bool, folder: 
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     if pss and "table" in workloads:
         for e in engines:
-            cells["table", e].pss = peak_pss(paths["table", e], env)
+            cells["table", e].pss = peak_pss(paths["table", e], envs[e])
     return cells
 
 
-def table(workloads: list[str], cells: dict) -> str:
-    head = ["workload", *ENGINES, "poolrun / best peer"]
+def table(workloads: list[str], engines: list[str], cells: dict) -> str:
+    ours = [e for e in engines if e not in PEERS]
+    head = ["workload", *engines, *(f"{e} / best peer" for e in ours)]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " --: |" * (len(head) - 1)]
     for w in workloads:
-        medians = {e: cells[w, e].median for e in ENGINES}
+        medians = {e: cells[w, e].median for e in engines}
         best = min(medians[e] for e in PEERS)
-        row = [PRELUDE[w][3], *(f"{medians[e]:.3f} s" for e in ENGINES)]
-        row.append(f"{medians['poolrun'] / best:.2f}")
+        row = [PRELUDE[w][3], *(f"{medians[e]:.3f} s" for e in engines)]
+        row += [f"{medians[e] / best:.2f}" for e in ours]
         lines.append("| " + " | ".join(row) + " |")
-    if any(cells.get(("table", e)) and cells["table", e].pss for e in ENGINES):
-        pss = {e: cells["table", e].pss / 2**20 for e in ENGINES}
-        row = ["peak PSS, table", *(f"{pss[e]:.0f} MiB" for e in ENGINES)]
-        row.append(f"{pss['poolrun'] / pss['mpire']:.2f} (vs mpire)")
+    if any(cells.get(("table", e)) and cells["table", e].pss for e in engines):
+        pss = {e: cells["table", e].pss / 2**20 for e in engines}
+        row = ["peak PSS, table", *(f"{pss[e]:.0f} MiB" for e in engines)]
+        row += [f"{pss[e] / pss['mpire']:.2f} (vs mpire)" for e in ours]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -242,15 +254,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each item count")
     parser.add_argument("--workloads", default=",".join(PRELUDE))
     parser.add_argument("--pss", action="store_true", help="also measure peak PSS on 'table'")
+    parser.add_argument("--no-pin-blas", action="store_true", help="leave BLAS threads as set")
+    parser.add_argument("--before", metavar="SRC", help="also run poolrun from this src folder")
     args = parser.parse_args(argv)
     workloads = args.workloads.split(",")
     unknown = set(workloads) - set(PRELUDE)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    engines = [*ENGINES, *(["poolrun_before"] if args.before else [])]
+    envs = environments(engines, not args.no_pin_blas, args.before)
     with tempfile.TemporaryDirectory(prefix="poolrun-startup-") as folder:
-        cells = measure(workloads, args.rounds, args.scale, args.pss, Path(folder))
+        cells = measure(workloads, engines, args.rounds, args.scale, args.pss, envs, Path(folder))
     print(f"median of {args.rounds} interleaved rounds, {WORKERS} workers, whole process")
-    print(table(workloads, cells))
+    print(table(workloads, engines, cells))
     return 0
 
 

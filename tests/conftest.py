@@ -14,17 +14,34 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+TEMPLATE_NAME = "poolrun-tmpl"  # the fork template's process name (``/proc/PID/comm``)
+
+
 def _is_helper(proc: psutil.Process) -> bool:
-    """multiprocessing's own long-lived helpers (forkserver, resource tracker) are not workers."""
+    """multiprocessing's own long-lived helpers (forkserver, resource tracker) and poolrun's
+    fork template are not workers (their children are)."""
     try:
         cmd = " ".join(proc.cmdline())
+        name = proc.name()
     except psutil.Error:
         return True
-    return "forkserver" in cmd or "resource_tracker" in cmd or "dask" in cmd or "distributed" in cmd
+    helpers = ("forkserver", "resource_tracker", "dask", "distributed")
+    return name == TEMPLATE_NAME or any(word in cmd for word in helpers)
+
+
+def live_templates(root: psutil.Process | None = None) -> list[psutil.Process]:
+    """poolrun fork templates below ``root`` that have not exited."""
+    found = []
+    for child in (root or psutil.Process()).children(recursive=False):
+        with contextlib.suppress(psutil.Error):
+            if child.name() == TEMPLATE_NAME and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
 
 
 def live_workers(root: psutil.Process | None = None) -> list[psutil.Process]:
-    """Worker processes below ``root``: children of the forkserver, or plain children."""
+    """Worker processes below ``root``: children of the forkserver or of a fork template,
+    or plain children."""
     root = root or psutil.Process()
     found = []
     for child in root.children(recursive=False):
@@ -53,8 +70,8 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 
 
 class PeakWorkerRss:
-    """Samples the RSS of this process's workers every 5 ms while the block runs (with
-    psutil, from outside the engine), so a test can check a memory limit really held."""
+    """Samples the private memory (USS) of this process's workers every 5 ms while the block
+    runs (with psutil, from outside the engine), so a test can check a memory limit held."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -66,7 +83,8 @@ class PeakWorkerRss:
         while not self._stop.is_set():
             for proc in live_workers(me):
                 with contextlib.suppress(psutil.Error):
-                    self.peak = max(self.peak, proc.memory_info().rss)
+                    # USS: pages a forked worker shares with its template are not its own
+                    self.peak = max(self.peak, proc.memory_full_info().uss)
             self._stop.wait(0.005)
 
     def __enter__(self) -> PeakWorkerRss:
@@ -83,5 +101,6 @@ def no_orphans(request):
     yield
     if request.node.get_closest_marker("dask"):
         return
-    ok = wait_until(lambda: not live_workers(), timeout=10)
-    assert ok, f"worker processes left behind: {[p.pid for p in live_workers()]}"
+    ok = wait_until(lambda: not live_workers() and not live_templates(), timeout=10)
+    left = [p.pid for p in live_workers() + live_templates()]
+    assert ok, f"worker processes left behind: {left}"

@@ -249,27 +249,34 @@ MAIN_SCRIPT = textwrap.dedent(
         return p.x - p.y
 
     if __name__ == "__main__":
-        plain = poolrun.map(abs, range(-50, 50), workers=2)
+        how = sys.argv[2]
+        plain = poolrun.map(abs, range(-50, 50), workers=2, start_method=how)
         print("PLAIN", sum(plain.values))
         print("RUNS", len(open(sys.argv[1]).read().split()))
-        run = poolrun.map(spread, [Point(i, -i) for i in range(20)], workers=2)
+        run = poolrun.map(spread, [Point(i, -i) for i in range(20)], workers=2, start_method=how)
         print("POINTS", run.values[:3])
     """
 )
 
 
-def test_workers_import_the_main_script_only_when_they_need_it(tmp_path):
+@pytest.mark.parametrize("how", ["forkserver", "auto"])
+def test_workers_import_the_main_script_only_when_they_need_it(tmp_path, how):
     script, marker = tmp_path / "script.py", tmp_path / "marker"
     script.write_text(MAIN_SCRIPT)
     done = subprocess.run(
-        [sys.executable, str(script), str(marker)], capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), str(marker), how],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     # plain data: the workers never ran the script's top-level code
     assert "PLAIN 2500" in done.stdout and "RUNS 1" in done.stdout
-    # objects of a class defined in the script: the workers imported it to unpickle them
+    # objects of a class defined in the script: forkserver workers imported it to unpickle
+    # them; workers forked from the caller's template have it already and import nothing
     assert "POINTS [0, 2, 4]" in done.stdout
-    assert len(marker.read_text().split()) > 1
+    imported = len(marker.read_text().split()) > 1
+    assert imported == (how == "forkserver")
 
 
 def test_workers_that_cannot_start_fail_the_run_fast():

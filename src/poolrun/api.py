@@ -31,14 +31,22 @@ def _preload_module(fn: Callable[..., Any]) -> tuple[str, ...]:
     return (module,)
 
 
-def make_backend(opts: Options, preload: tuple[str, ...] = ()) -> Backend:
+def make_backend(
+    opts: Options, fn: Callable[[Any], Any] | None = None, inherit: bool = False
+) -> Backend:
+    """The backend for ``opts``. ``fn`` is preloaded by a forkserver; with ``inherit`` (a
+    one-shot call) workers forked from a template hold it already and are not sent it."""
     if opts.backend == "dask":
         from .backends.dask import DaskBackend
 
         return DaskBackend(opts.workers, opts.scheduler, opts.initializer, opts.initargs)
     from .backends.local import LocalBackend
 
-    return LocalBackend(opts.workers, opts.start_method, opts.initializer, opts.initargs, preload)
+    preload = _preload_module(fn) if fn is not None else ()
+    inherited = fn if inherit else None
+    return LocalBackend(
+        opts.workers, opts.start_method, opts.initializer, opts.initargs, preload, inherited
+    )
 
 
 def _total(items: Iterable[Any]) -> int | None:
@@ -63,6 +71,7 @@ class _Call:
         self.opts = opts
         self.total = _total(items)
         self.stats = Stats(backend.name, opts.workers)
+        self.stats.start_method = f"{backend.start_method} ({backend.start_reason})"
         self.trace = Trace(self.stats.started, with_items=opts.trace_items)
         # A pool's workers outlive the call: one that ends early must leave them clean.
         self.supervisor = Supervisor(
@@ -113,7 +122,7 @@ class _OneShot:
     """Start a backend for one call and make sure it is gone afterwards, on every path."""
 
     def __init__(self, fn: Callable[[Any], Any], opts: Options) -> None:
-        self.backend = make_backend(opts, _preload_module(fn))
+        self.backend = make_backend(opts, fn, inherit=True)
 
     def __enter__(self) -> Backend:
         try:
@@ -212,7 +221,7 @@ class Pool:
             raise ValueError(f"{', '.join(fixed)} cannot change per call; make another Pool")
         opts = self.options.with_changes(**overrides)
         if self._backend is None:
-            backend = make_backend(self.options, _preload_module(fn))
+            backend = make_backend(self.options, fn)
             try:
                 backend.start()
             except BaseException:

@@ -110,7 +110,7 @@ class Options:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: float = 0.1
     ordered: bool = True
-    start_method: str = "forkserver"
+    start_method: str = "auto"
     progress: bool = False
     backend: str = "local"
     scheduler: str | None = None
@@ -163,7 +163,7 @@ def _validated(o: Options) -> Options:
         )
     if not isinstance(o.backoff, int | float) or isinstance(o.backoff, bool) or o.backoff < 0:
         raise ValueError(f"backoff must be a number of seconds >= 0, not {o.backoff!r}")
-    methods = multiprocessing.get_all_start_methods()
+    methods = ["auto", *multiprocessing.get_all_start_methods()]
     if o.start_method not in methods:
         raise ValueError(f"start_method={o.start_method!r}; allowed: {', '.join(methods)}")
     if o.backend not in ("local", "dask"):

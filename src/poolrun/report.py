@@ -101,6 +101,7 @@ class Stats:
     def __init__(self, backend: str, workers: int) -> None:
         self.backend = backend
         self.workers = workers
+        self.start_method = ""
         self.started = time.perf_counter()
         self.ended: float | None = None
         self.items = 0
@@ -155,6 +156,7 @@ class Report:
     """A finished run in numbers: ``print(report)`` for a table, ``save()`` for JSON."""
 
     backend: str = "local"
+    start_method: str = ""  # how workers started, and why that way
     items: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -183,6 +185,7 @@ class Report:
         in_fn = s.latency.total
         report = cls(
             backend=s.backend,
+            start_method=s.start_method,
             items=s.items,
             succeeded=s.items - s.failed,
             failed=s.failed,
@@ -242,6 +245,7 @@ def render_table(r: Report) -> str:
     bs = r.batch_size
     rows = [
         ("backend", r.backend),
+        ("workers start", r.start_method or "-"),
         ("items", f"{r.items} ({r.succeeded} ok, {r.failed} failed)"),
         ("wall time", f"{r.wall_s:.3f} s"),
         ("throughput", f"{r.items_per_s:,.1f} items/s"),

@@ -38,8 +38,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from . import log, worker
 from .backends.base import (
     Backend,
@@ -47,6 +45,7 @@ from .backends.base import (
     BatchMemory,
     BatchRejected,
     Event,
+    FunctionSpec,
     SetupFailed,
     WorkerDied,
 )
@@ -112,8 +111,8 @@ class Supervisor:
         self.stats = stats
         self.trace = trace
         self.total = total
-        payload = cloudpickle.dumps((fn, options.retry_on, options.timeout, options.max_rss))
-        self.fn_id = backend.register(payload)
+        spec = FunctionSpec(fn, options.retry_on, options.timeout, options.max_rss)
+        self.fn_id = backend.register(spec)
         fixed = options.batch_size if isinstance(options.batch_size, int) else None
         self.sizer = BatchSizer(
             workers=options.workers,

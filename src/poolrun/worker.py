@@ -1,16 +1,18 @@
-"""The loop that runs inside each worker process.
+"""The loop that runs inside each worker process, and the batch pipeline Dask tasks share.
 
-A worker lives for many batches. It receives the user's function once (cloudpickled), then
-batches of items; it runs every item in its own ``try`` so one item's exception never costs
-its neighbours, times each item, and sends back one message per batch: the values, the
-durations and only the failed items' errors.
+A worker lives for many batches. It gets the user's function once, either handed down by the
+fork template it was forked from (:data:`INHERITED`, nothing pickled) or cloudpickled over
+its pipe, then batches of items. It runs every item in its own ``try`` so one item's
+exception never costs its neighbours, times each item, and sends back two messages per
+batch: the result (values, durations, only the failed items' errors) and a small one with
+its memory (measured after the result was pickled, so the peak includes the message).
 
 Three things keep a worker from ever being a problem for its supervisor:
 
-* it reads the pipe only between batches, in its main thread (a reader thread would fight the
-  hot loop for the GIL and slow every large transfer); the supervisor sends large batches
-  from a sender thread, so a worker busy sending a result never deadlocks against it; when
-  the pipe reaches EOF the supervisor is gone and the worker exits;
+* it reads its pipe only between batches, in its main thread (a reader thread would fight the
+  hot loop for the GIL); the supervisor never blocks on a send (see ``backends.channel``), so
+  a worker busy sending a large result cannot deadlock against it, and when the pipe reaches
+  EOF the supervisor is gone and the worker exits;
 * a watcher thread waits on the supervisor's pidfd and exits the worker when the supervisor
   dies, even mid-item (no orphans after ``kill -9`` of the supervisor);
 * a small shared-memory slot always says which batch and item is running and since when, so
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import select
 import signal
 import sys
@@ -36,6 +37,8 @@ from typing import Any
 import cloudpickle
 import psutil
 
+from .memory import PrivateMemory
+
 PROTOCOL = 5
 EXIT_SUPERVISOR_GONE = 70
 EXIT_INIT_FAILED = 71
@@ -43,7 +46,12 @@ EXIT_INIT_FAILED = 71
 # Slot layout (a shared array of doubles, one per worker).
 SLOT_BATCH, SLOT_POS, SLOT_STARTED = 0, 1, 2
 SLOT_SIZE = 3
+SLOT_BYTES = SLOT_SIZE * 8
 IDLE = -1.0
+
+# Functions a fork template handed down to the workers it forks, by token: a worker forked
+# from the caller's copy already holds the function and all it captures, so nothing is sent.
+INHERITED: dict[int, Any] = {}
 
 
 def dumps(message: Any) -> bytes:
@@ -247,6 +255,64 @@ def tune_malloc(memory_limited: bool) -> None:
     mallopt(M_TRIM_THRESHOLD, keep)
 
 
+class BatchPipeline:
+    """What happens to a batch inside any worker, local or Dask: unpickle the items, run
+    them, choose timed or untimed for the next batch, pickle the result, read the memory."""
+
+    def __init__(self) -> None:
+        self.timed = True
+        self.memory = PrivateMemory()
+
+    def run(
+        self,
+        batch_id: int,
+        payload: bytes,
+        fn: Callable[[Any], Any],
+        retry_on: tuple[type[BaseException], ...],
+        slot: memoryview,
+        track_start: bool,
+        loads: Callable[[bytes], Any] = pickle.loads,
+        runner: Callable[[list[Any]], Any] | None = None,
+        extra: tuple = (),
+    ) -> tuple[bytes, int, int]:
+        """(message, private bytes before, private bytes after, the message included).
+
+        ``runner`` replaces :func:`run_batch` (Dask's watched run); when it returns bytes,
+        that is the message (a timeout report) and no result is encoded.
+        """
+        rss_start = self.memory.read()
+        t_start = time.perf_counter()
+        try:
+            items = loads(payload)
+        except BaseException as exc:
+            return dumps(("bad-batch", batch_id, *describe_exception(exc, 0))), rss_start, rss_start
+        del payload
+        began = time.perf_counter()
+        if runner is None:
+            outcome = run_batch(fn, items, batch_id, slot, retry_on, track_start, self.timed)
+        else:
+            outcome = runner(items)
+            if isinstance(outcome, bytes):
+                return outcome, rss_start, self.memory.read()
+        values, durations, errors = outcome
+        self.timed = (time.perf_counter() - began) >= TIMED_ITEM_SECONDS * len(items)
+        del items, outcome
+        ended = time.perf_counter()
+        message = encode_result(
+            batch_id, values, durations, errors, (t_start, ended, rss_start, *extra)
+        )
+        return message, rss_start, self.memory.read()
+
+
+def load_function(payload: bytes) -> tuple[Any, tuple[type[BaseException], ...], Any, Any]:
+    """(fn, retry_on, timeout, max_rss) from a registered payload; the function itself may
+    be a token for one this process inherited from its fork template."""
+    fn, retry_on, timeout, max_rss, token = cloudpickle.loads(payload)
+    if token is not None:
+        fn = INHERITED[token]
+    return fn, retry_on, timeout, max_rss
+
+
 class WorkerLoop:
     """State of one worker process: its pipe, its slot and the functions it has been sent."""
 
@@ -258,8 +324,7 @@ class WorkerLoop:
         self.slot = memoryview(slot).cast("B").cast("d")
         self.blas_threads = blas_threads
         self.functions: dict[int, tuple[Any, ...]] = {}
-        self.process = psutil.Process()
-        self.timed = True
+        self.pipeline = BatchPipeline()
 
     def serve(self) -> None:
         while True:
@@ -295,7 +360,7 @@ class WorkerLoop:
 
     def install(self, fn_id: int, payload: bytes) -> None:
         try:
-            fn, retry_on, timeout, max_rss = cloudpickle.loads(payload)
+            fn, retry_on, timeout, max_rss = load_function(payload)
         except BaseException as exc:
             # The supervisor fails the run on this message; batches already on their way
             # would only meet a missing function, so this worker stops here.
@@ -309,31 +374,14 @@ class WorkerLoop:
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
         fn, retry_on, track_start = self.functions[fn_id]
-        rss_start = self.process.memory_info().rss
-        t_start = time.perf_counter()
-        try:
-            items = self.loads(payload)
-        except BaseException as exc:
-            send(self.conn, dumps(("bad-batch", batch_id, *describe_exception(exc, 0))))
-            return
+        message, rss_start, rss_peak = self.pipeline.run(
+            batch_id, payload, fn, retry_on, self.slot, track_start, loads=self.loads
+        )
         del payload
-        began = time.perf_counter()
-        values, durations, errors = run_batch(
-            fn, items, batch_id, self.slot, retry_on, track_start, self.timed
-        )
-        self.timed = (time.perf_counter() - began) >= TIMED_ITEM_SECONDS * len(items)
-        del items
-        message = encode_result(
-            batch_id, values, durations, errors, (t_start, time.perf_counter(), rss_start)
-        )
-        del values
-        # Measured after pickling, so the peak includes the message itself; it travels in a
-        # second small message rather than forcing a copy of a possibly large payload.
-        rss_peak = self.process.memory_info().rss
         send(self.conn, message)
         del message
-        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        send(self.conn, dumps(("rss", batch_id, rss_start, rss_peak, max_rss)))
+        peak = self.pipeline.memory.peak
+        send(self.conn, dumps(("rss", batch_id, rss_start, rss_peak, peak)))
 
 
 def main(
@@ -341,16 +389,20 @@ def main(
     slot: Any,
     supervisor_pid: int,
     blas_threads: int | None,
-    initializer: bytes | None,
+    initializer: bytes | tuple[Callable[..., Any], tuple[Any, ...]] | None,
     main_ref: dict[str, str] | None = None,
 ) -> None:
-    """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``)."""
+    """Entry point of a worker process: the ``target`` of its ``multiprocessing.Process``,
+    or called in the child after the fork template forked it (``initializer`` then comes
+    as the (function, args) pair itself, inherited, not pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     threading.Thread(target=_watch_supervisor, args=(supervisor_pid,), daemon=True).start()
     _pin_native_threads(blas_threads)
     if initializer is not None:
         try:
-            init, initargs = cloudpickle.loads(initializer)
+            init, initargs = (
+                cloudpickle.loads(initializer) if isinstance(initializer, bytes) else initializer
+            )
             init(*initargs)
         except BaseException as exc:
             send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))

@@ -8,9 +8,11 @@ worker's memory after a batch, a worker died (and which item it was running).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import cloudpickle
 
 
 @dataclass(slots=True)
@@ -53,6 +55,22 @@ class WorkerDied:
     detail: str = ""  # exit code or worker address, kept in the trace marker
 
 
+@dataclass(frozen=True, eq=False)
+class FunctionSpec:
+    """A call's function and the options its workers need to run it."""
+
+    fn: Callable[[Any], Any]
+    retry_on: tuple[type[BaseException], ...]
+    timeout: float | None
+    max_rss: int | None
+
+    def payload(self, token: int | None = None) -> bytes:
+        """What a worker loads (``worker.load_function``). With ``token``, the worker
+        already holds the function (inherited from its fork template): it is left out."""
+        fn = None if token is not None else self.fn
+        return cloudpickle.dumps((fn, self.retry_on, self.timeout, self.max_rss, token))
+
+
 class SetupFailed(RuntimeError):
     """A worker could not start (initializer raised, function cannot be loaded): fatal."""
 
@@ -64,6 +82,8 @@ class Backend(Protocol):
     """What the supervisor needs from a place that runs batches."""
 
     name: str
+    start_method: str  # how workers start: "fork template", "forkserver", "dask", ...
+    start_reason: str  # why that way, for the report
 
     def start(self) -> None: ...
 
@@ -71,8 +91,8 @@ class Backend(Protocol):
 
     def describe_worker(self, worker: int) -> str: ...
 
-    def register(self, payload: bytes) -> int:
-        """Store a cloudpickled (function, retry_on, timeout, max_rss); returns its id."""
+    def register(self, spec: FunctionSpec) -> int:
+        """Make a function known to the workers (shipped lazily); returns its id."""
         ...
 
     def submit(self, worker: int, batch: int, fn_id: int, payload: bytes) -> None: ...

@@ -62,7 +62,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .. import log
 from ..worker import IDLE, SLOT_POS, SLOT_SIZE
-from .base import BatchDone, BatchMemory, BatchRejected, Event, SetupFailed, WorkerDied
+from .base import (
+    BatchDone,
+    BatchMemory,
+    BatchRejected,
+    Event,
+    FunctionSpec,
+    SetupFailed,
+    WorkerDied,
+)
 from .dask_task import (
     BOOT_ID,
     SLOT_PID,
@@ -184,6 +192,8 @@ class DaskBackend:
     """Batches as Dask tasks, one Dask worker per poolrun worker id."""
 
     name = "dask"
+    start_method = "dask"
+    start_reason = "workers are Dask's own processes"
 
     def __init__(
         self,
@@ -308,7 +318,8 @@ class DaskBackend:
 
     # -- running batches ---------------------------------------------------------------
 
-    def register(self, payload: bytes) -> int:
+    def register(self, spec: FunctionSpec) -> int:
+        payload = spec.payload()
         fn_id = len(self.functions) + 1
         self.functions[fn_id] = (_key(payload), payload)
         return fn_id

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import pickle
-import resource
 import signal
 import threading
 import time
@@ -36,7 +34,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import cloudpickle
-import psutil
 
 from ..worker import (
     IDLE,
@@ -44,10 +41,10 @@ from ..worker import (
     SLOT_POS,
     SLOT_SIZE,
     SLOT_STARTED,
-    TIMED_ITEM_SECONDS,
+    BatchPipeline,
     describe_exception,
     dumps,
-    encode_result,
+    load_function,
     run_batch,
     tune_malloc,
 )
@@ -84,7 +81,7 @@ _FUNCTIONS: dict[str, tuple[Callable[[Any], Any], tuple[type[BaseException], ...
 _INITIALIZED: set[str] = set()
 _SLOT_FILES: dict[str, memoryview | None] = {}
 _ONE_BATCH_AT_A_TIME = threading.Lock()
-_WORKER_STATE = {"timed": True}  # per worker process, as ``WorkerLoop.timed`` locally
+_PIPELINE: list[BatchPipeline] = []  # one per worker process, made on its first batch
 
 
 def poolrun_batch(
@@ -93,7 +90,8 @@ def poolrun_batch(
     payload: bytes,
     slot_ref: tuple[str, int] | None,
 ) -> tuple[bytes, tuple[int, int] | None]:
-    """The Dask task: run one batch; returns a pickled message and (RSS peak, max RSS).
+    """The Dask task: run one batch; returns a pickled message and the worker's private
+    memory (after this batch, highest so far), or ``None`` when nothing ran.
 
     Batches run one at a time per worker process even on a worker with several threads,
     so the slot and the supervisor's per-worker accounting stay true.
@@ -127,7 +125,7 @@ def _load(
     if setup.fn_payload is None:
         return dumps(("need-setup", batch_id))
     try:
-        found = cloudpickle.loads(setup.fn_payload)
+        found = load_function(setup.fn_payload)
     except BaseException as exc:
         return dumps(("fn-failed", batch_id, *describe_exception(exc, 0)))
     if len(_FUNCTIONS) >= MAX_CACHED_FUNCTIONS:
@@ -169,29 +167,20 @@ def _run(
     slot: memoryview,
     timeout: float | None,
 ) -> tuple[bytes, tuple[int, int] | None]:
-    process = psutil.Process()
-    rss_start = process.memory_info().rss
-    t_start = time.perf_counter()
-    try:
-        items = pickle.loads(payload)
-    except BaseException as exc:
-        return dumps(("bad-batch", batch_id, *describe_exception(exc, 0))), None
-    began = time.perf_counter()
-    if timeout is None:
-        values, durations, errors = run_batch(
-            fn, items, batch_id, slot, retry_on, track_start, _WORKER_STATE["timed"]
-        )
-    else:
-        outcome = _run_watched(fn, items, batch_id, slot, retry_on, timeout)
-        if isinstance(outcome, int):
-            return dumps(("timeout", batch_id, outcome)), None
-        values, durations, errors = outcome
-    _WORKER_STATE["timed"] = (time.perf_counter() - began) >= TIMED_ITEM_SECONDS * len(items)
-    del items
-    extra = (t_start, time.perf_counter(), rss_start, BOOT_ID)
-    message = encode_result(batch_id, values, durations, errors, extra)
-    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return message, (process.memory_info().rss, max_rss)
+    if not _PIPELINE:
+        _PIPELINE.append(BatchPipeline())
+    pipeline = _PIPELINE[0]
+    runner = None
+    if timeout is not None:
+
+        def runner(items: list[Any]) -> Any:
+            outcome = _run_watched(fn, items, batch_id, slot, retry_on, timeout)
+            return dumps(("timeout", batch_id, outcome)) if isinstance(outcome, int) else outcome
+
+    message, _, rss_peak = pipeline.run(
+        batch_id, payload, fn, retry_on, slot, track_start, runner=runner, extra=(BOOT_ID,)
+    )
+    return message, (rss_peak, pipeline.memory.peak)
 
 
 class _UntilAbandoned(list):

@@ -1,5 +1,10 @@
 """The local backend: long-lived worker processes on this machine, one duplex pipe each.
 
+How workers start (``start_method``): ``"auto"``, the default, forks them from a template of
+the caller (see :mod:`.template`) when that is safe, and otherwise uses the forkserver;
+``"forkserver"``, ``"spawn"`` and ``"fork"`` (straight from the supervisor) are used when asked
+for by name. Should the template die, replacements come from the forkserver.
+
 The supervisor polls every worker's pipe and process sentinel at once (and a pipe's
 writability while a large batch is still going out, see :mod:`.channel`), so a result or a
 death wakes it immediately: there is no polling loop and no feeder thread. Each worker also
@@ -20,7 +25,7 @@ import select
 import signal
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +33,22 @@ import cloudpickle
 import psutil
 
 from .. import log, worker
+from ..memory import PrivateMemory
 from ..options import available_cpus
-from .base import BatchDone, BatchMemory, BatchRejected, Event, SetupFailed, WorkerDied
+from .base import (
+    BatchDone,
+    BatchMemory,
+    BatchRejected,
+    Event,
+    FunctionSpec,
+    SetupFailed,
+    WorkerDied,
+)
 from .channel import Channel
+from .template import ForkedWorker, Template, TemplateGone, fork_safety, new_slot
+
+TEMPLATE = "fork template"
+INHERITED_TOKEN = 1  # the one function a one-shot call's template holds
 
 _LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
@@ -45,13 +63,15 @@ def _kill_leftovers() -> None:
 
 @dataclass(eq=False)
 class _Worker:
-    process: Any
+    process: Any  # a multiprocessing.Process, or a ForkedWorker
     conn: Any
     slot: memoryview
-    handle: psutil.Process | None
+    memory: PrivateMemory | None
     channel: Channel
+    inherits: bool = False  # forked from a template that holds the call's function
     fn_ids: set[int] = field(default_factory=set)
     kill_cause: str | None = None
+    slot_map: Any = None  # keeps a template worker's slot mapping alive
 
     @property
     def pid(self) -> int:
@@ -97,12 +117,22 @@ def _main_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
-def _process_handle(pid: int) -> psutil.Process | None:
+def _memory_gauge(pid: int) -> PrivateMemory | None:
     """None when the worker is already gone (e.g. its initializer failed at once)."""
     try:
-        return psutil.Process(pid)
+        return PrivateMemory(psutil.Process(pid))
     except psutil.Error:
         return None
+
+
+def choose_start(start_method: str) -> tuple[str, str]:
+    """(method, why) for a requested ``start_method``; ``"auto"`` decides here and now."""
+    if start_method != "auto":
+        return start_method, "asked for by name"
+    unsafe = fork_safety()
+    if unsafe is None:
+        return TEMPLATE, "the caller had no other threads: workers fork from a copy of it"
+    return "forkserver", f"forking the caller was unsafe: {unsafe}"
 
 
 def _death_cause(exitcode: int | None) -> str:
@@ -122,54 +152,91 @@ class LocalBackend:
     def __init__(
         self,
         workers: int,
-        start_method: str = "forkserver",
+        start_method: str = "auto",
         initializer: Any = None,
         initargs: tuple[Any, ...] = (),
         preload: tuple[str, ...] = (),
+        inherit: Callable[[Any], Any] | None = None,
     ) -> None:
         self.size = workers
-        self.context = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            self.context.set_forkserver_preload(["poolrun.worker", *preload])
-        self.initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
+        self.start_method, self.start_reason = choose_start(start_method)
+        self.init = (initializer, initargs) if initializer else None
+        self.preload = preload
+        self.inherit = inherit if self.start_method == TEMPLATE else None
+        self.template: Template | None = None
+        self.context: Any = None
+        if self.start_method != TEMPLATE:
+            self.context = self._context(self.start_method)
         self.blas_threads = max(1, available_cpus() // workers)
         self.workers: dict[int, _Worker] = {}
         self.retiring: list[Any] = []
-        self.functions: dict[int, bytes] = {}
+        self.functions: dict[int, FunctionSpec] = {}
+        self.payloads: dict[tuple[int, bool], bytes] = {}
         self.closed = False
         _LIVE.add(self)
+
+    def _context(self, method: str) -> Any:
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["poolrun.worker", *self.preload])
+        return context
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.start_method == TEMPLATE and self.template is None:
+            inherited = {INHERITED_TOKEN: self.inherit} if self.inherit else {}
+            self.template = Template(inherited, self.init, self.blas_threads)
         while len(self.workers) < self.size:
             self._spawn()
 
     def _spawn(self) -> int:
+        if self.template is not None:
+            try:
+                return self._spawn_from_template(self.template)
+            except TemplateGone:
+                log.debug("the fork template is gone; new workers come from the forkserver")
+                self.template.close()
+                self.template = None
+                self.context = self._context("forkserver")
+        return self._spawn_from_context()
+
+    def _spawn_from_template(self, template: Template) -> int:
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        slot_fd, slot_map = new_slot()
+        try:
+            pid = template.spawn(child_end.fileno(), slot_fd, main_reference())
+        finally:
+            child_end.close()
+            os.close(slot_fd)
+        view = memoryview(slot_map).cast("d")
+        view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
+        process = ForkedWorker(pid, template)
+        self._add(process, parent_end, view, inherits=True, slot_map=slot_map)
+        return pid
+
+    def _spawn_from_context(self) -> int:
         parent_end, child_end = self.context.Pipe(duplex=True)
         slot = self.context.RawArray("d", worker.SLOT_SIZE)
         view = memoryview(slot).cast("B").cast("d")
         view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
+        init = cloudpickle.dumps(self.init) if self.init else None
         process = self.context.Process(
             target=worker.main,
-            args=(
-                child_end,
-                slot,
-                os.getpid(),
-                self.blas_threads,
-                self.initializer,
-                main_reference(),
-            ),
+            args=(child_end, slot, os.getpid(), self.blas_threads, init, main_reference()),
             name="poolrun-worker",
         )
         with _main_hidden():
             process.start()
         child_end.close()
-        self.workers[process.pid] = _Worker(
-            process, parent_end, view, _process_handle(process.pid), Channel(parent_end)
-        )
-        log.debug("started worker {}", process.pid)
+        self._add(process, parent_end, view, inherits=False)
         return process.pid
+
+    def _add(self, process: Any, conn: Any, view: memoryview, **extra: Any) -> None:
+        pid = process.pid
+        channel = Channel(conn)
+        self.workers[pid] = _Worker(process, conn, view, _memory_gauge(pid), channel, **extra)
+        log.debug("started worker {}", pid)
 
     def worker_ids(self) -> list[int]:
         return list(self.workers)
@@ -219,19 +286,31 @@ class LocalBackend:
             w.close()
         self.workers.clear()
         self.retiring.clear()
+        if self.template is not None:
+            self.template.close()
         _LIVE.discard(self)
 
     # -- running batches ---------------------------------------------------------------
 
-    def register(self, payload: bytes) -> int:
+    def register(self, spec: FunctionSpec) -> int:
         fn_id = len(self.functions) + 1
-        self.functions[fn_id] = payload
+        self.functions[fn_id] = spec
         return fn_id
+
+    def _function_payload(self, fn_id: int, w: _Worker) -> bytes:
+        """Pickled once per function and kind of worker: a template's workers already hold
+        the one-shot call's function, so only its options travel to them."""
+        spec = self.functions[fn_id]
+        inherited = w.inherits and self.inherit is not None and spec.fn is self.inherit
+        key = (fn_id, inherited)
+        if key not in self.payloads:
+            self.payloads[key] = spec.payload(INHERITED_TOKEN if inherited else None)
+        return self.payloads[key]
 
     def submit(self, worker_id: int, batch: int, fn_id: int, payload: bytes) -> None:
         w = self.workers[worker_id]
         if fn_id not in w.fn_ids:
-            w.channel.send(worker.dumps(("fn", fn_id, self.functions[fn_id])))
+            w.channel.send(worker.dumps(("fn", fn_id, self._function_payload(fn_id, w))))
             w.fn_ids.add(fn_id)
         w.channel.send(worker.dumps(("batch", batch, fn_id, payload)))
 
@@ -243,9 +322,10 @@ class LocalBackend:
         return int(slot[worker.SLOT_BATCH]), int(pos), slot[worker.SLOT_STARTED]
 
     def rss(self, worker_id: int) -> int | None:
+        """The worker's private memory (pages it shares with the template do not count)."""
         w = self.workers.get(worker_id)
         try:
-            return w.handle.memory_info().rss if w and w.handle else None
+            return w.memory.read() if w and w.memory else None
         except psutil.Error:
             return None
 

@@ -1,0 +1,307 @@
+"""The fork template: a zygote forked from the caller, that every worker is forked from.
+
+Why: a worker started by the forkserver is a fresh interpreter that must import poolrun's
+worker module and the function's module, and receive the function pickled, captured state
+and all (a 48 MB table is copied into every worker). Forking from the caller costs a few
+milliseconds and shares everything copy-on-write. But forking the caller itself is only safe
+at a moment when it has no other threads (a lock held by a thread that does not exist in the
+child deadlocks it), and later the supervisor may run threads of its own (a progress bar, the
+CLI's reader). So at the start of a call, or of a ``Pool``, when the caller is known to be
+single-threaded, poolrun forks it once: that *template* stays single-threaded forever, and
+every worker, replacements after a crash, a timeout or a recycle included, forks from it.
+
+    supervisor ──(SOCK_SEQPACKET: "spawn" + the worker's pipe and slot fds)──► template
+        ▲   ▲                                                                   │ fork()
+        │   └──────────────(pipe: batches and results)──────────────► worker ◄──┘
+        └──────────────────("started" pid, "exited" pid + wait status)────── template
+
+The template reaps its children and reports each exit status, because only a parent can.
+The supervisor watches each worker through a pidfd (a process file descriptor, usable for a
+process that is not its child) and signals it through the same pidfd, so a recycled pid can
+never be hit. The template exits when the supervisor closes the socket or dies (it polls the
+supervisor's pidfd too), so it never outlives the run.
+
+When is forking safe: see :func:`fork_safety`.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.util
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from .. import worker
+
+_MAX_MESSAGE = 1 << 16
+PROCESS_NAME = "poolrun-tmpl"  # what ps and psutil show (``/proc/PID/comm``, 15 bytes at most)
+WORKER_NAME = "poolrun-worker"
+_OPENMP_LIBRARIES = ("libgomp", "libiomp", "libomp")
+
+
+def fork_safety() -> str | None:
+    """Why forking this process now would be unsafe, or ``None`` when it is safe.
+
+    * Not Linux: pidfds and ``memfd`` are Linux facilities (and macOS forks badly).
+    * Another Python thread is alive: a lock it holds (the GIL's helpers, logging, an I/O
+      buffer, malloc's arenas) would stay locked forever in the child.
+    * An OpenMP runtime is loaded: GNU OpenMP's thread pool does not survive a fork, and the
+      child hangs in its next parallel region. Loaded is enough to refuse: whether its pool
+      has started cannot be told from outside. (The maps file lists the loaded libraries as
+      threadpoolctl sees them, without its ~7 ms import and probe on the first call's path.)
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        return "not Linux"
+    others = threading.active_count() - 1
+    if others:
+        return f"{others} other thread{'s' * (others > 1)} running"
+    openmp = _loaded_openmp()
+    if openmp:
+        return f"an OpenMP runtime ({openmp}) is loaded"
+    return None
+
+
+def _loaded_openmp() -> str | None:
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                name = line.rsplit("/", 1)[-1]
+                if name.startswith(_OPENMP_LIBRARIES):
+                    return name.split(".so")[0]
+    except OSError:
+        return None
+    return None
+
+
+class TemplateGone(RuntimeError):
+    """The template exited (killed from outside): callers start workers another way."""
+
+
+class Template:
+    """The supervisor's handle on the template process."""
+
+    def __init__(self, inherited: dict[int, Any], initializer: Any, blas_threads: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        context = multiprocessing.get_context("fork")
+        self.process = context.Process(
+            target=_template_main,
+            args=(theirs, ours.fileno(), os.getpid(), inherited, initializer, blas_threads),
+            name="poolrun-template",
+        )
+        self.process.start()
+        theirs.close()
+        self.sock = ours
+        self.inherited = set(inherited)
+        self.exits: dict[int, int] = {}  # pid -> wait status, reported by the template
+        self.alive = True
+
+    def spawn(self, conn_fd: int, slot_fd: int, main_ref: dict[str, str]) -> int:
+        """Fork a worker from the template; returns its pid."""
+        if not self.alive:
+            raise TemplateGone("the fork template has exited")
+        message = pickle.dumps(("spawn", main_ref))
+        fds = array.array("i", [conn_fd, slot_fd])
+        try:
+            self.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            while True:
+                reply = self._receive(block=True)
+                if reply[0] == "started":
+                    return reply[1]
+        except (OSError, EOFError):
+            self.alive = False
+            raise TemplateGone("the fork template has exited") from None
+
+    def exit_status(self, pid: int) -> int | None:
+        """The wait status of a worker that has exited (waits for the template's report)."""
+        with contextlib.suppress(OSError, EOFError):
+            while pid not in self.exits and self.alive:
+                self._receive(block=True)
+        return self.exits.pop(pid, None)
+
+    def _receive(self, block: bool) -> tuple:
+        if not block and not select.select([self.sock], [], [], 0)[0]:
+            return ("nothing",)
+        data = self.sock.recv(_MAX_MESSAGE)
+        if not data:
+            self.alive = False
+            raise EOFError
+        message = pickle.loads(data)
+        if message[0] == "exited":
+            self.exits[message[1]] = message[2]
+        return message
+
+    def close(self) -> None:
+        """Tell the template to exit and wait for it (SIGKILL if it does not go)."""
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+
+
+class ForkedWorker:
+    """A worker forked by the template, with the bits of ``multiprocessing.Process`` the
+    local backend uses: ``pid``, ``sentinel``, ``is_alive``, ``kill``, ``join``, ``exitcode``."""
+
+    def __init__(self, pid: int, template: Template) -> None:
+        self.pid = pid
+        self.template = template
+        self.pidfd = os.pidfd_open(pid)
+        self.exitcode: int | None = None
+        self._status_known = False
+
+    @property
+    def sentinel(self) -> int:
+        return self.pidfd
+
+    def is_alive(self) -> bool:
+        return not self._status_known and not select.select([self.pidfd], [], [], 0)[0]
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._status_known:
+            return
+        if not select.select([self.pidfd], [], [], timeout)[0]:
+            return
+        status = self.template.exit_status(self.pid)
+        self._status_known = True
+        self.exitcode = None if status is None else _exitcode(status)
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+
+
+def _exitcode(status: int) -> int:
+    """As ``multiprocessing.Process.exitcode``: the exit code, or minus the signal number."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+# -- inside the template process ----------------------------------------------------------
+
+
+def _template_main(
+    sock: socket.socket,
+    supervisors_end: int,
+    supervisor_pid: int,
+    inherited: dict[int, Any],
+    initializer: Any,
+    blas_threads: int,
+) -> None:
+    """Fork workers on request, reap them, report their exits; leave with the supervisor."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    os.close(supervisors_end)  # or the supervisor closing it would never reach us as EOF
+    _set_process_name(PROCESS_NAME)
+    worker.INHERITED.update(inherited)
+    supervisor = os.pidfd_open(supervisor_pid)
+    children: dict[int, int] = {}  # pidfd -> pid
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(supervisor, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == supervisor:
+                return
+            if fd == sock.fileno():
+                request = _receive_request(sock)
+                if request is None:
+                    return
+                main_ref, conn_fd, slot_fd = request
+                pid = _fork_worker(
+                    sock, supervisor, children, supervisor_pid, conn_fd, slot_fd,
+                    main_ref, initializer, blas_threads,
+                )  # fmt: skip
+                pidfd = os.pidfd_open(pid)
+                children[pidfd] = pid
+                poller.register(pidfd, select.POLLIN)
+                sock.send(pickle.dumps(("started", pid)))
+            else:
+                pid = children.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                with contextlib.suppress(OSError):
+                    sock.send(pickle.dumps(("exited", pid, status)))
+
+
+def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:
+    fd_space = socket.CMSG_SPACE(2 * array.array("i").itemsize)
+    try:
+        data, ancillary, _, _ = sock.recvmsg(_MAX_MESSAGE, fd_space)
+    except OSError:
+        return None
+    if not data:
+        return None
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    _, main_ref = pickle.loads(data)
+    return main_ref, fds[0], fds[1]
+
+
+def _fork_worker(
+    sock: socket.socket,
+    supervisor: int,
+    children: dict[int, int],
+    supervisor_pid: int,
+    conn_fd: int,
+    slot_fd: int,
+    main_ref: dict[str, str],
+    initializer: Any,
+    blas_threads: int,
+) -> int:
+    pid = os.fork()
+    if pid:
+        os.close(conn_fd)
+        os.close(slot_fd)
+        return pid
+    code = 1
+    try:
+        for fd in (sock.fileno(), supervisor, *children):
+            os.close(fd)
+        with contextlib.suppress(Exception):  # what multiprocessing's own fork children run
+            multiprocessing.util._finalizer_registry.clear()
+            multiprocessing.util._run_after_forkers()
+        _set_process_name(WORKER_NAME)
+        conn = multiprocessing.connection.Connection(conn_fd)
+        slot = mmap.mmap(slot_fd, worker.SLOT_BYTES)
+        os.close(slot_fd)
+        worker.main(conn, slot, supervisor_pid, blas_threads, initializer, main_ref)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _set_process_name(name: str) -> None:
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(name)
+
+
+def new_slot() -> tuple[int, mmap.mmap]:
+    """A worker's slot as a memfd (its fd travels to the template) and our mapping of it."""
+    fd = os.memfd_create("poolrun-slot", os.MFD_CLOEXEC)
+    os.ftruncate(fd, worker.SLOT_BYTES)
+    return fd, mmap.mmap(fd, worker.SLOT_BYTES)
+

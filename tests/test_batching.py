@@ -20,10 +20,25 @@ def test_grows_under_a_fast_clock_until_the_target():
     assert sizes[-1] == 20_000  # 0.02 s / 1 µs
 
 
-def test_growth_is_capped_per_step():
+def test_first_measurement_sets_the_size_from_the_time_per_item():
+    sizer = BatchSizer(workers=2, target_seconds=0.02)
+    sizer.observe(1, busy_seconds=20e-6)  # 20 µs an item: 1,000 make 20 ms
+    assert sizer.next_size() == 1000
+
+
+def test_growth_is_capped_per_step_after_the_first_measurement():
     sizer = BatchSizer(workers=2, target_seconds=1.0)
-    sizer.observe(1, busy_seconds=1e-9)
-    assert sizer.next_size() == 4
+    sizer.observe(1, busy_seconds=0.1)
+    assert sizer.next_size() == 10
+    sizer.observe(10, busy_seconds=10e-9)
+    assert sizer.next_size() == 40
+
+
+def test_a_large_batch_outweighs_the_small_ones_before_it():
+    sizer = BatchSizer(workers=2, target_seconds=0.02)
+    sizer.observe(1, busy_seconds=1e-3)  # a slow first item (a lazy import, say)
+    sizer.observe(20, busy_seconds=20 * 1e-5)
+    assert sizer.per_item_seconds < 1e-4
 
 
 def test_shrinks_when_items_get_slow():

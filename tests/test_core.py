@@ -221,7 +221,7 @@ def test_public_names_and_lazy_package():
     # a worker imports poolrun.worker only: none of the supervisor side comes with it
     code = "import sys, poolrun.worker; print(sorted(m for m in sys.modules if 'poolrun' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert out.strip() == "['poolrun', 'poolrun.memory', 'poolrun.worker']"
+    assert out.strip() == "['poolrun', 'poolrun.worker']"
 
 
 def test_pool_is_clean_after_a_call_that_ended_early():

@@ -7,7 +7,10 @@ function, the data and the machine, and changes as a run goes on.
 The policy, fed after each batch with how long its items took and the worker's RSS:
 
 * **time**: aim for batches that run about ``target_seconds``, which makes the per-batch IPC
-  cost negligible (growth is capped at 4x per step so one fast batch cannot overshoot);
+  cost negligible. The first measurement sets the size straight from the time per item (a
+  ramp from 1 in 4x steps cost a short run most of its batches in round trips); after that,
+  growth is capped at 4x per step so one fast batch cannot overshoot, and the time per item
+  is averaged with each batch weighted by its item count;
 * **balance**: when the number of items left is known, never hand one worker more than a
   fair share of what remains, so no worker idles while another finishes a big last batch;
 * **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
@@ -50,6 +53,7 @@ class BatchSizer:
         self.per_item_seconds: float | None = None
         self.per_item_bytes = 0.0
         self.last_rss = 0
+        self.last_n = 0
 
     def next_size(self, remaining: int | None = None) -> int:
         """Size for the next batch; ``remaining`` is the count of items not yet dispatched."""
@@ -66,11 +70,14 @@ class BatchSizer:
         if n <= 0 or self.fixed is not None:
             return
         per_item = max(busy_seconds, 0.0) / n
-        if self.per_item_seconds is None:
+        first = self.per_item_seconds is None
+        if first:
             self.per_item_seconds = per_item
         else:
-            self.per_item_seconds = 0.5 * self.per_item_seconds + 0.5 * per_item
-        wanted = self._time_size(n)
+            weight = max(0.5, n / (n + self.last_n))
+            self.per_item_seconds += weight * (per_item - self.per_item_seconds)
+        self.last_n = n
+        wanted = self._first_size() if first else self._time_size(n)
         if self.max_rss:
             wanted = min(wanted, self._memory_size(n, rss_start, rss_peak))
         self.size = max(1, min(self.max_size, wanted))
@@ -83,6 +90,11 @@ class BatchSizer:
             rss_peak >= RECYCLE_PEAK_FRACTION * self.max_rss
             or rss_start >= SOFT_RSS_FRACTION * self.max_rss
         )
+
+    def _first_size(self) -> int:
+        if not self.per_item_seconds or self.per_item_seconds < 1e-12:
+            return self.max_size
+        return max(1, min(self.max_size, round(self.target_seconds / self.per_item_seconds)))
 
     def _time_size(self, n: int) -> int:
         grown = max(1, int(max(self.size, n) * GROWTH_CAP))

@@ -22,17 +22,24 @@ RECALIBRATE_SECONDS = 0.1
 
 
 class PrivateMemory:
-    """A process's private memory in bytes, and the highest value seen (``peak``)."""
+    """A process's private memory in bytes (this process's, or ``pid``'s), and the highest
+    value seen (``peak``)."""
 
-    def __init__(self, process: psutil.Process | None = None) -> None:
-        self.process = process or psutil.Process()
+    def __init__(self, pid: int | None = None) -> None:
+        self.process = psutil.Process(pid)
         self.peak = 0
         self._uss = 0
         self._rss_then = 0
         self._due = 0.0
 
-    def read(self) -> int:
-        """Private bytes now (raises ``psutil.Error`` when the process is gone)."""
+    def read(self) -> int | None:
+        """Private bytes now; ``None`` once the process is gone."""
+        try:
+            return self._read()
+        except psutil.Error:
+            return None
+
+    def _read(self) -> int:
         now = time.monotonic()
         if now >= self._due:
             full = self.process.memory_full_info()

@@ -34,11 +34,6 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import cloudpickle
-import psutil
-
-from .memory import PrivateMemory
-
 PROTOCOL = 5
 EXIT_SUPERVISOR_GONE = 70
 EXIT_INIT_FAILED = 71
@@ -206,6 +201,8 @@ def _watch_supervisor(pid: int) -> None:
         fd = os.pidfd_open(pid)
         select.select([fd], [], [])
     except (AttributeError, OSError):
+        import psutil
+
         while psutil.pid_exists(pid):
             time.sleep(0.5)
     os._exit(EXIT_SUPERVISOR_GONE)
@@ -260,6 +257,8 @@ class BatchPipeline:
     them, choose timed or untimed for the next batch, pickle the result, read the memory."""
 
     def __init__(self) -> None:
+        from .memory import PrivateMemory  # not at import: the supervisor never needs psutil
+
         self.timed = True
         self.memory = PrivateMemory()
 
@@ -280,7 +279,7 @@ class BatchPipeline:
         ``runner`` replaces :func:`run_batch` (Dask's watched run); when it returns bytes,
         that is the message (a timeout report) and no result is encoded.
         """
-        rss_start = self.memory.read()
+        rss_start = self.memory.read() or 0
         t_start = time.perf_counter()
         try:
             items = loads(payload)
@@ -293,7 +292,7 @@ class BatchPipeline:
         else:
             outcome = runner(items)
             if isinstance(outcome, bytes):
-                return outcome, rss_start, self.memory.read()
+                return outcome, rss_start, self.memory.read() or 0
         values, durations, errors = outcome
         self.timed = (time.perf_counter() - began) >= TIMED_ITEM_SECONDS * len(items)
         del items, outcome
@@ -301,13 +300,13 @@ class BatchPipeline:
         message = encode_result(
             batch_id, values, durations, errors, (t_start, ended, rss_start, *extra)
         )
-        return message, rss_start, self.memory.read()
+        return message, rss_start, self.memory.read() or 0
 
 
 def load_function(payload: bytes) -> tuple[Any, tuple[type[BaseException], ...], Any, Any]:
     """(fn, retry_on, timeout, max_rss) from a registered payload; the function itself may
     be a token for one this process inherited from its fork template."""
-    fn, retry_on, timeout, max_rss, token = cloudpickle.loads(payload)
+    fn, retry_on, timeout, max_rss, token = pickle.loads(payload)  # cloudpickle's too
     if token is not None:
         fn = INHERITED[token]
     return fn, retry_on, timeout, max_rss
@@ -401,7 +400,7 @@ def main(
     if initializer is not None:
         try:
             init, initargs = (
-                cloudpickle.loads(initializer) if isinstance(initializer, bytes) else initializer
+                pickle.loads(initializer) if isinstance(initializer, bytes) else initializer
             )
             init(*initargs)
         except BaseException as exc:

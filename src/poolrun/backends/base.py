@@ -8,11 +8,11 @@ worker's memory after a batch, a worker died (and which item it was running).
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import cloudpickle
 
 
 @dataclass(slots=True)
@@ -67,6 +67,11 @@ class FunctionSpec:
     def payload(self, token: int | None = None) -> bytes:
         """What a worker loads (``worker.load_function``). With ``token``, the worker
         already holds the function (inherited from its fork template): it is left out."""
+        if token is not None:  # plain pickle, and no cloudpickle import on the fast path
+            with contextlib.suppress(Exception):
+                return pickle.dumps((None, self.retry_on, self.timeout, self.max_rss, token))
+        import cloudpickle
+
         fn = None if token is not None else self.fn
         return cloudpickle.dumps((fn, self.retry_on, self.timeout, self.max_rss, token))
 

@@ -29,11 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-import psutil
-
 from .. import log, worker
-from ..memory import PrivateMemory
 from ..options import available_cpus
 from .base import (
     BatchDone,
@@ -66,12 +62,12 @@ class _Worker:
     process: Any  # a multiprocessing.Process, or a ForkedWorker
     conn: Any
     slot: memoryview
-    memory: PrivateMemory | None
     channel: Channel
     inherits: bool = False  # forked from a template that holds the call's function
     fn_ids: set[int] = field(default_factory=set)
     kill_cause: str | None = None
     slot_map: Any = None  # keeps a template worker's slot mapping alive
+    memory: Any = None  # its PrivateMemory gauge, made when max_rss first needs it
 
     @property
     def pid(self) -> int:
@@ -115,14 +111,6 @@ def _main_hidden() -> Iterator[None]:
     finally:
         main.__dict__.pop("__spec__", None)
         main.__dict__.update(saved)
-
-
-def _memory_gauge(pid: int) -> PrivateMemory | None:
-    """None when the worker is already gone (e.g. its initializer failed at once)."""
-    try:
-        return PrivateMemory(psutil.Process(pid))
-    except psutil.Error:
-        return None
 
 
 def choose_start(start_method: str) -> tuple[str, str]:
@@ -220,7 +208,11 @@ class LocalBackend:
         slot = self.context.RawArray("d", worker.SLOT_SIZE)
         view = memoryview(slot).cast("B").cast("d")
         view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
-        init = cloudpickle.dumps(self.init) if self.init else None
+        init = None
+        if self.init:
+            import cloudpickle
+
+            init = cloudpickle.dumps(self.init)
         process = self.context.Process(
             target=worker.main,
             args=(child_end, slot, os.getpid(), self.blas_threads, init, main_reference()),
@@ -235,7 +227,7 @@ class LocalBackend:
     def _add(self, process: Any, conn: Any, view: memoryview, **extra: Any) -> None:
         pid = process.pid
         channel = Channel(conn)
-        self.workers[pid] = _Worker(process, conn, view, _memory_gauge(pid), channel, **extra)
+        self.workers[pid] = _Worker(process, conn, view, channel, **extra)
         log.debug("started worker {}", pid)
 
     def worker_ids(self) -> list[int]:
@@ -324,10 +316,16 @@ class LocalBackend:
     def rss(self, worker_id: int) -> int | None:
         """The worker's private memory (pages it shares with the template do not count)."""
         w = self.workers.get(worker_id)
-        try:
-            return w.memory.read() if w and w.memory else None
-        except psutil.Error:
+        if w is None:
             return None
+        if w.memory is None:
+            from ..memory import PrivateMemory  # psutil: only runs with max_rss need it
+
+            try:
+                w.memory = PrivateMemory(w.pid)
+            except Exception:  # psutil.NoSuchProcess: it is gone already
+                return None
+        return w.memory.read()
 
     def kill(self, worker_id: int, cause: str) -> None:
         w = self.workers.get(worker_id)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import importlib
 import mmap
 import multiprocessing
 import multiprocessing.connection
@@ -209,6 +210,8 @@ def _template_main(
     os.close(supervisors_end)  # or the supervisor closing it would never reach us as EOF
     _set_process_name(PROCESS_NAME)
     worker.INHERITED.update(inherited)
+    _warm_up()
+
     supervisor = os.pidfd_open(supervisor_pid)
     children: dict[int, int] = {}  # pidfd -> pid
     poller = select.poll()
@@ -238,6 +241,12 @@ def _template_main(
                 _, status = os.waitpid(pid, 0)
                 with contextlib.suppress(OSError):
                     sock.send(pickle.dumps(("exited", pid, status)))
+
+
+def _warm_up() -> None:
+    """Import once, here, what every worker will need (psutil, for its memory readings), so
+    that the workers inherit it rather than each import it on its first batch."""
+    importlib.import_module("poolrun.memory")
 
 
 def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:

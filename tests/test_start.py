@@ -1,0 +1,242 @@
+"""How workers start: the fork template (``start_method="auto"``) and its fallbacks.
+
+Each case runs in a fresh interpreter: whether forking is safe depends on the whole process
+(its threads, its loaded libraries), which a long pytest session does not control.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+import poolrun
+from conftest import live_templates, wait_until
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+PRELUDE = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading
+    sys.path.insert(0, {tests!r})
+    import poolrun
+
+    def report(run, **extra):
+        print(json.dumps({{"start": run.report.start_method, "values": run.values,
+                          "deaths": run.report.worker_deaths,
+                          "memory_kills": run.report.memory_kills, **extra}}))
+    """
+)
+
+
+def run_script(*parts: str, tmp_path, timeout: float = 60) -> list[dict]:
+    """Run PRELUDE + parts in a fresh interpreter; its JSON lines, parsed."""
+    script = PRELUDE.format(tests=os.path.dirname(__file__))
+    script += "".join(textwrap.dedent(part) for part in parts)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_auto_forks_a_template_and_workers_inherit_what_cannot_be_pickled(tmp_path):
+    (out,) = run_script(
+        """
+        lock = threading.Lock()  # cloudpickle refuses locks: only inheritance can ship this
+        def fn(x):
+            with lock:
+                return x * 2
+        report(poolrun.map(fn, range(200), workers=2))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["start"].startswith("fork template")
+    assert out["values"] == [x * 2 for x in range(200)]
+
+
+def test_forkserver_by_name_still_pickles_the_function(tmp_path):
+    (out,) = run_script(
+        """
+        def fn(x):
+            return x + 1
+        report(poolrun.map(fn, range(50), workers=2, start_method="forkserver"))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["start"] == "forkserver (asked for by name)"
+    assert out["values"] == list(range(1, 51))
+
+
+def test_auto_falls_back_to_the_forkserver_while_another_thread_runs(tmp_path):
+    (out,) = run_script(
+        """
+        stop = threading.Event()
+        threading.Thread(target=stop.wait).start()
+        try:
+            report(poolrun.map(abs, range(-20, 20), workers=2))
+        finally:
+            stop.set()
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["start"].startswith("forkserver")
+    assert "1 other thread running" in out["start"]
+    assert out["values"] == [abs(x) for x in range(-20, 20)]
+
+
+def test_auto_falls_back_to_the_forkserver_when_openmp_is_loaded(tmp_path):
+    (out,) = run_script(
+        """
+        import ctypes
+        ctypes.CDLL("libgomp.so.1")
+        report(poolrun.map(abs, range(-20, 20), workers=2))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["start"].startswith("forkserver")
+    assert "OpenMP runtime (libgomp)" in out["start"]
+
+
+# A function that SIGKILLs its own worker the first time it meets item 50 (a marker file
+# remembers), and otherwise reads a table it captured, which cannot be pickled (a lock).
+KILLS_ONCE = """
+    table = list(range(0, 3000, 3))
+    lock = threading.Lock()
+    def fn(x):
+        if x == 50 and not os.path.exists("killed"):
+            open("killed", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        with lock:
+            return table[x]
+"""
+
+
+def test_a_worker_replaced_after_kill_9_still_has_the_captured_state(tmp_path):
+    (out,) = run_script(
+        KILLS_ONCE,
+        "report(poolrun.map(fn, range(1000), workers=2, batch_size=20))\n",
+        tmp_path=tmp_path,
+    )
+    assert out["start"].startswith("fork template")
+    assert out["deaths"] >= 1
+    assert out["values"] == list(range(0, 3000, 3))
+
+
+def test_a_pool_made_before_threads_start_keeps_forking_from_its_template(tmp_path):
+    (first, second) = run_script(
+        KILLS_ONCE,
+        """
+        with poolrun.Pool(workers=2) as pool:
+            report(pool.map(abs, range(-5, 5)))
+            stop = threading.Event()
+            threads = [threading.Thread(target=stop.wait) for _ in range(3)]
+            for t in threads:
+                t.start()
+            try:  # fn is pickled for a Pool's later calls: no lock in this one
+                lock = type("NoLock", (), {"__enter__": lambda s: s, "__exit__": lambda *a: 0})()
+                report(pool.map(fn, range(1000), batch_size=20), threads=threading.active_count())
+            finally:
+                stop.set()
+        """,
+        tmp_path=tmp_path,
+    )
+    assert first["start"].startswith("fork template")
+    assert second["threads"] == 4
+    assert second["start"].startswith("fork template")  # fixed when the pool was made
+    assert second["deaths"] >= 1  # and the replacement came from the template
+    assert second["values"] == list(range(0, 3000, 3))
+
+
+def test_workers_still_replace_after_the_template_is_killed(tmp_path):
+    (out,) = run_script(
+        KILLS_ONCE,
+        """
+        import psutil
+        with poolrun.Pool(workers=2) as pool:
+            pool.map(abs, range(4))
+            template, = [p for p in psutil.Process().children() if p.name() == "poolrun-tmpl"]
+            template.kill()
+            template.wait(5)
+            lock = type("NoLock", (), {"__enter__": lambda s: s, "__exit__": lambda *a: 0})()
+            report(pool.map(fn, range(1000), batch_size=20))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["deaths"] >= 1
+    assert out["values"] == list(range(0, 3000, 3))
+
+
+def test_a_captured_table_does_not_count_against_max_rss(tmp_path):
+    (out,) = run_script(
+        """
+        import numpy as np
+        table = np.random.default_rng(0).random(6_000_000)  # 48 MB, shared with the workers
+        def fn(x):
+            return float(table[x * 1000 : x * 1000 + 1000].sum())
+        run = poolrun.map(fn, range(3000), workers=2, max_rss="100MB")
+        peaks = list(run.report.peak_rss_bytes.values())
+        report(run, peaks=peaks, expected=[float(table[x * 1000 : x * 1000 + 1000].sum())
+                                           for x in range(3000)])
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["start"].startswith("fork template")
+    assert out["memory_kills"] == 0 and out["deaths"] == 0
+    assert out["values"] == out["expected"]
+    assert all(0 < peak < 48_000_000 for peak in out["peaks"])
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill", "exception"])
+def test_no_template_or_worker_outlives_its_supervisor(tmp_path, how):
+    script = PRELUDE.format(tests=os.path.dirname(__file__)) + textwrap.dedent(
+        """
+        from funcs import slow_square
+        def fn(x):
+            if sys.argv[1] == "exception" and x == 300:
+                raise ValueError("bad item")  # with max_failures=0: RunAborted ends the script
+            return slow_square(x)
+        print("started", flush=True)
+        poolrun.map(fn, range(100_000), workers=2, batch_size=1, max_failures=0)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, how], stdout=subprocess.PIPE, start_new_session=True
+    )
+    parent = psutil.Process(proc.pid)
+    assert proc.stdout.readline().strip() == b"started"
+
+    def family() -> list[psutil.Process]:
+        templates = live_templates(parent)
+        return [*templates, *(c for t in templates for c in t.children())]
+
+    assert wait_until(lambda: len(family()) == 3, timeout=20)
+    processes = family()
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "sigkill":
+        proc.kill()
+    proc.wait(timeout=30)
+
+    def gone(p: psutil.Process) -> bool:
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_until(lambda: all(gone(p) for p in processes), timeout=10)
+
+
+def test_start_method_names_are_validated():
+    with pytest.raises(ValueError, match="start_method='teleport'; allowed: auto"):
+        poolrun.map(abs, [1], start_method="teleport")

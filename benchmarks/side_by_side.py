@@ -68,7 +68,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,6 +76,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from benchmarks.tree_sampler import descendants
 from benchmarks.workloads import WORKLOADS, Workload
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,13 @@ def mpire_map(fn: Fn, items: list[Any], workers: int) -> list[Any]:
     mpire unpacks an item that is a dict or another non-string iterable into arguments, so
     such items (the jsonl records) go through mpire's own ``make_single_arguments``.
     """
+    import tqdm
     from mpire import WorkerPool
     from mpire.utils import make_single_arguments
+
+    # mpire's tqdm would leave its monitor thread running in this process, which the
+    # engines after it would find there; a script that used only them would not have it.
+    tqdm.tqdm.monitor_interval = 0
 
     if any(isinstance(x, Iterable) and not isinstance(x, str | bytes) for x in items):
         items = make_single_arguments(items, generator=False)
@@ -241,50 +246,36 @@ def stop_forkserver() -> None:
 # -- measuring ----------------------------------------------------------------------------
 
 
-def descendants(root: psutil.Process) -> list[psutil.Process]:
-    """All processes below ``root`` now; none once ``root`` itself has exited."""
-    try:
-        return root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def tree_rss(root: psutil.Process, exclude: frozenset[int] = frozenset()) -> int:
-    """Summed RSS of ``root`` and its descendants but ``exclude``; exited ones count 0."""
-    total = 0
-    for proc in [root, *descendants(root)]:
-        if proc.pid not in exclude:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                total += proc.memory_info().rss
-    return total
-
-
 class PeakTreeRss:
-    """Peak of :func:`tree_rss` over a ``with`` block, sampled by a background thread.
+    """Peak of :func:`tree_rss` over a ``with`` block, sampled every 20 ms by a helper process.
 
     Sampling the sum is the point: ``ru_maxrss`` gives each process's own peak, not the peak
     of the tree at one moment, which is what decides whether a machine runs out of memory.
+    The sampler is a process, not a thread, because a thread would change what is measured:
+    poolrun forks its workers from a template of the caller only while the caller has no
+    other threads, as a user's plain script has none.
     """
 
     def __init__(self, root: psutil.Process, exclude: frozenset[int] = frozenset()) -> None:
         self.root = root
         self.exclude = exclude
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._sampler: subprocess.Popen | None = None
 
     def __enter__(self) -> PeakTreeRss:
-        self.peak = tree_rss(self.root, self.exclude)
-        self._thread.start()
+        command = [sys.executable, "-m", "benchmarks.tree_sampler", str(SAMPLE_SECONDS)]
+        command += [str(self.root.pid), *map(str, self.exclude)]
+        self._sampler = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+        )
+        assert self._sampler.stdout is not None
+        self._sampler.stdout.readline()  # "ready": its first sample is taken
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
-            self.peak = max(self.peak, tree_rss(self.root, self.exclude))
+        assert self._sampler is not None
+        out, _ = self._sampler.communicate()
+        self.peak = int(out.strip())
 
 
 class Trial(NamedTuple):
@@ -319,16 +310,19 @@ def run_in_process(adapter: Adapter, job: Job) -> Trial:
 def run_trial(engine: str, job: Job) -> Trial:
     """One cold run of ``engine``; a forkserver it leaves behind is stopped before returning.
 
-    ``poolrun_warm`` is the exception: poolrun with default options in a process that has
-    run poolrun before (its forkserver is up, the function's module preloaded), as in any
-    long-lived program that calls it more than once. The warm-up call is not timed.
+    ``poolrun`` is the first call in a process, as a one-off script makes it. ``poolrun_warm``
+    is a ``poolrun.Pool`` that has already run one call (its workers are up), as in a
+    long-lived program that calls it again and again. The warm-up call is not timed.
     """
     if engine == WARM_ENGINE:
-        poolrun_map(job.workload.fn, job.items[:1], job.workers)
-        try:
-            return run_in_process(poolrun_map, job)
-        finally:
-            stop_forkserver()
+        import poolrun
+
+        with poolrun.Pool(workers=job.workers) as pool:
+            pool.map(job.workload.fn, job.items[:1])
+            try:
+                return run_in_process(lambda fn, items, _: pool.map(fn, items).values, job)
+            finally:
+                stop_forkserver()
     try:
         if engine == CLI_ENGINE:
             trial = run_poolrun_cli(job.records_path, job.workers) if job.records_path else None

@@ -14,6 +14,14 @@ from typing import TextIO
 LOG_EVERY_SECONDS = 5.0
 
 
+def _bar_class() -> type:
+    """tqdm without its monitor thread: a thread left alive in the caller would make the
+    next call's workers start from the forkserver, not from a fork of the caller."""
+    from tqdm import tqdm  # imported only when a bar is shown: it is slow to import
+
+    return type("PoolrunBar", (tqdm,), {"monitor_interval": 0})
+
+
 class Progress:
     def __init__(self, total: int | None, enabled: bool, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -25,9 +33,7 @@ class Progress:
         self.last_line = self.started
         self.bar = None
         if enabled and self.stream.isatty():
-            from tqdm import tqdm  # imported only when a bar is shown: it is slow to import
-
-            self.bar = tqdm(
+            self.bar = _bar_class()(
                 total=total, unit="item", file=self.stream, dynamic_ncols=True, smoothing=0.1
             )
 

@@ -12,9 +12,11 @@ The public names are loaded on first use (PEP 562), so a worker process, which i
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import Pool, Task, imap, map, task
     from .backends.base import SetupFailed
     from .report import Report

@@ -11,7 +11,6 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from .backends.base import Backend
 from .options import Options, make_options
@@ -20,6 +19,10 @@ from .report import Report, Stats
 from .results import ItemResult, Run, RunAborted, Segment
 from .supervisor import FailureBudgetExceeded, Supervisor
 from .trace import Trace
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 POOL_LEVEL = ("workers", "start_method", "initializer", "initargs", "backend", "scheduler")
 

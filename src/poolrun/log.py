@@ -9,7 +9,10 @@ sizing decisions.
 from __future__ import annotations
 
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 _LEVELS = {"trace": 5, "debug": 10, "info": 20, "success": 25, "warning": 30, "error": 40}
 

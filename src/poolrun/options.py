@@ -13,7 +13,10 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 _SIZE_UNITS = {
     "": 1,

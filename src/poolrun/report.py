@@ -7,15 +7,17 @@ as a run of ten) and frozen into a :class:`Report` at the end.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 from .worker import Uniform
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 _BINS_PER_DECADE = 50
 _LOW_EXP = -8  # 10 ns
@@ -212,8 +214,11 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, path: str | os.PathLike[str]) -> None:
+        import json  # here, not at import: nothing on a run's path needs it
+
+        with open(path, "w") as out:
+            out.write(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def __str__(self) -> str:
         return render_table(self)

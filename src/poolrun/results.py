@@ -11,9 +11,11 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
+    from typing import Any
+
     from .report import Report
     from .trace import Trace
 

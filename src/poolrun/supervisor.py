@@ -36,7 +36,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from . import log, worker
 from .backends.base import (
@@ -54,6 +53,10 @@ from .options import Options
 from .report import Stats
 from .results import ItemError, Segment
 from .trace import Trace
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 RSS_SAMPLE_SECONDS = 0.05
 DEATHS_BEFORE_BLAME = 2  # an item fails after killing this many workers (the last time alone)

@@ -8,11 +8,12 @@ clock, so the workers' and the supervisor's times line up on one axis.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Trace:
@@ -107,5 +108,8 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         return {"traceEvents": self.events, "displayTimeUnit": "ms"}
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
+    def save(self, path: str | os.PathLike[str]) -> None:
+        import json  # here, not at import: nothing on a run's path needs it
+
+        with open(path, "w") as out:
+            out.write(json.dumps(self.to_dict()))

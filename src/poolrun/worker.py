@@ -32,7 +32,10 @@ import time
 import traceback
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL = 5
 EXIT_SUPERVISOR_GONE = 70

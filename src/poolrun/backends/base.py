@@ -12,7 +12,10 @@ import contextlib
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(slots=True)
@@ -83,8 +86,9 @@ class SetupFailed(RuntimeError):
 Event = BatchDone | BatchMemory | BatchRejected | WorkerDied
 
 
-class Backend(Protocol):
-    """What the supervisor needs from a place that runs batches."""
+class Backend:
+    """What the supervisor needs from a place that runs batches (the local and Dask backends
+    implement it; a plain class, not a ``typing.Protocol``, to keep typing off the import path)."""
 
     name: str
     start_method: str  # how workers start: "fork template", "forkserver", "dask", ...

@@ -15,7 +15,10 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 _IOV_MAX = 512
 

@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .. import log
 from ..worker import IDLE, SLOT_POS, SLOT_SIZE
 from .base import (
+    Backend,
     BatchDone,
     BatchMemory,
     BatchRejected,
@@ -188,7 +189,7 @@ def _key(payload: bytes) -> str:
     return hashlib.sha1(payload).hexdigest()
 
 
-class DaskBackend:
+class DaskBackend(Backend):
     """Batches as Dask tasks, one Dask worker per poolrun worker id."""
 
     name = "dask"

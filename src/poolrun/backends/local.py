@@ -27,11 +27,11 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from .. import log, worker
 from ..options import available_cpus
 from .base import (
+    Backend,
     BatchDone,
     BatchMemory,
     BatchRejected,
@@ -42,6 +42,10 @@ from .base import (
 )
 from .channel import Channel
 from .template import ForkedWorker, Template, TemplateGone, fork_safety, new_slot
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 TEMPLATE = "fork template"
 INHERITED_TOKEN = 1  # the one function a one-shot call's template holds
@@ -132,7 +136,7 @@ def _death_cause(exitcode: int | None) -> str:
     return f"worker-died: exit {exitcode}"
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """A set of worker processes, addressed by pid."""
 
     name = "local"

@@ -41,9 +41,12 @@ import socket
 import sys
 import threading
 import traceback
-from typing import Any
 
 from .. import worker
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
 
 _MAX_MESSAGE = 1 << 16
 PROCESS_NAME = "poolrun-tmpl"  # what ps and psutil show (``/proc/PID/comm``, 15 bytes at most)

@@ -1,30 +1,42 @@
 """The public Python API: ``task``, ``map``, ``imap`` and ``Pool``.
 
 ``map``/``imap`` without a pool start workers for the one call and stop them after it;
-``Pool`` keeps them warm across calls. Either way the work goes through one
-:class:`~poolrun.supervisor.Supervisor` per call.
+``Pool`` keeps them warm across calls, and may be shared between threads. Either way a call
+is a :class:`~poolrun.calls.Call` run by the :class:`~poolrun.supervisor.Supervisor` of the
+workers it runs on.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
 from .backends.base import Backend
+from .calls import FailureBudgetExceeded
 from .options import Options, make_options
 from .progress import Progress
 from .report import Report, Stats
 from .results import ItemResult, Run, RunAborted, Segment
-from .supervisor import FailureBudgetExceeded, Supervisor
+from .supervisor import Supervisor
 from .trace import Trace
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-POOL_LEVEL = ("workers", "start_method", "initializer", "initargs", "backend", "scheduler")
+POOL_LEVEL = (
+    "workers",
+    "start_method",
+    "start_timeout",
+    "initializer",
+    "initargs",
+    "backend",
+    "scheduler",
+    "inflight",
+)
 
 
 def _preload_module(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -60,32 +72,25 @@ def _total(items: Iterable[Any]) -> int | None:
 
 
 class _Call:
-    """One map/imap call: a supervisor plus the report, trace and progress around it."""
+    """One map/imap call: its place in the supervisor, plus the report, trace and progress."""
 
     def __init__(
-        self,
-        backend: Backend,
-        fn: Callable[[Any], Any],
-        items: Iterable[Any],
-        opts: Options,
-        pooled: bool = False,
+        self, supervisor: Supervisor, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options
     ) -> None:
-        self.items = items
+        backend = supervisor.backend
+        self.supervisor = supervisor
         self.opts = opts
         self.total = _total(items)
         self.stats = Stats(backend.name, opts.workers)
         self.stats.start_method = f"{backend.start_method} ({backend.start_reason})"
         self.trace = Trace(self.stats.started, with_items=opts.trace_items)
-        # A pool's workers outlive the call: one that ends early must leave them clean.
-        self.supervisor = Supervisor(
-            backend, fn, opts, self.stats, self.trace, self.total, reset_on_abandon=pooled
-        )
+        self.call = supervisor.open(fn, items, opts, self.stats, self.trace, self.total)
         self.progress = Progress(self.total, opts.progress)
 
     def segments_iter(self) -> Iterator[Segment]:
         try:
-            for segment in self.supervisor.run(self.items):
-                self.progress.update(segment.n, len(segment.errors), self.supervisor.sizer.size)
+            for segment in self.supervisor.segments(self.call):
+                self.progress.update(segment.n, len(segment.errors), self.call.sizer.size)
                 yield segment
         finally:
             self.stats.ended = time.perf_counter()
@@ -97,6 +102,9 @@ class _Call:
     def run(self, keep: list[Segment]) -> Run:
         return Run(keep, self.report(), self.trace)
 
+    def aborted(self, exc: FailureBudgetExceeded, kept: list[Segment]) -> RunAborted:
+        return RunAborted(str(exc), self.run(kept + self.call.unreleased_done()))
+
 
 def _collect(call: _Call) -> Run:
     kept: list[Segment] = []
@@ -104,8 +112,7 @@ def _collect(call: _Call) -> Run:
         for segment in call.segments_iter():
             kept.append(segment)
     except FailureBudgetExceeded as exc:
-        kept.extend(call.supervisor.unreleased())
-        raise RunAborted(str(exc), call.run(kept)) from None
+        raise call.aborted(exc, kept) from None
     return call.run(kept)
 
 
@@ -113,7 +120,7 @@ def _segments(call: _Call) -> Iterator[Segment]:
     try:
         yield from call.segments_iter()
     except FailureBudgetExceeded as exc:
-        raise RunAborted(str(exc), call.run(call.supervisor.unreleased())) from None
+        raise call.aborted(exc, []) from None
 
 
 def _stream(call: _Call) -> Iterator[ItemResult]:
@@ -126,14 +133,15 @@ class _OneShot:
 
     def __init__(self, fn: Callable[[Any], Any], opts: Options) -> None:
         self.backend = make_backend(opts, fn, inherit=True)
+        self.inflight = opts.inflight
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Supervisor:
         try:
             self.backend.start()
         except BaseException:
             self.backend.close(wait=False)
             raise
-        return self.backend
+        return Supervisor(self.backend, self.inflight)
 
     def __exit__(self, kind: Any, *_: Any) -> None:
         self.backend.close(wait=kind is None)
@@ -142,8 +150,8 @@ class _OneShot:
 def map(fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Run:
     """Run ``fn`` over ``items`` in worker processes; returns a :class:`Run` in input order."""
     opts = make_options(**options)
-    with _OneShot(fn, opts) as backend:
-        return _collect(_Call(backend, fn, items, opts))
+    with _OneShot(fn, opts) as supervisor:
+        return _collect(_Call(supervisor, fn, items, opts))
 
 
 def imap(fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Iterator[ItemResult]:
@@ -177,8 +185,8 @@ class Streaming:
         """Results a batch at a time (:class:`~poolrun.results.Segment`: ``start``, ``n``,
         ``values``, ``errors`` by position), for callers that would otherwise pay for one
         ``ItemResult`` object per item (the CLI writes a whole batch's lines at once)."""
-        with _OneShot(self._fn, self.options) as backend:
-            self._call = _Call(backend, self._fn, self._items, self.options)
+        with _OneShot(self._fn, self.options) as supervisor:
+            self._call = _Call(supervisor, self._fn, self._items, self.options)
             yield from _segments(self._call)
 
     def report(self) -> Report | None:
@@ -191,52 +199,58 @@ class Streaming:
     @property
     def batch_size(self) -> int | None:
         """The size the adaptive sizer gives the next batch."""
-        return self._call.supervisor.sizer.size if self._call else None
+        return self._call.call.sizer.size if self._call else None
 
     @property
     def worker_rss(self) -> int | None:
-        """The highest RSS any worker reached so far, in bytes."""
+        """The highest private memory any worker reached so far, in bytes."""
         if self._call is None:
             return None
         return max((w.peak_rss for w in self._call.stats.per_worker.values()), default=0)
 
 
+class PoolClosed(RuntimeError):
+    """The pool was closed or terminated while a call was still running on it."""
+
+
 class Pool:
     """Warm workers reused across calls: ``with poolrun.Pool(workers=4) as pool: pool.map(...)``.
 
-    Pool-level options (``workers``, ``start_method``, ``initializer``, ``initargs``,
-    ``backend``, ``scheduler``) are fixed when the pool is made; the others can be changed
-    per call.
+    Safe to share between threads: any number of threads may call ``map`` and ``imap`` at
+    once; their calls share the workers (batches are taken from each open call in turn) and
+    each gets its own results. Pool-level options (``workers``, ``start_method``,
+    ``initializer``, ``initargs``, ``backend``, ``scheduler``, ``inflight``) are fixed when
+    the pool is made; the others can be changed per call. The workers start when the pool is
+    made, so a pool made before the program starts threads forks them from a template of
+    the program (see ``start_method``), and keeps doing so after.
     """
 
     def __init__(self, **options: Any) -> None:
         self.options = make_options(**options)
-        self._backend: Backend | None = None
+        self._lock = threading.Lock()
         self._closed = False
+        backend = make_backend(self.options)
+        try:
+            backend.start()
+        except BaseException:
+            backend.close(wait=False)
+            raise
+        self._supervisor: Supervisor | None = Supervisor(backend, self.options.inflight)
 
-    def _ready(
-        self, fn: Callable[[Any], Any], overrides: dict[str, Any]
-    ) -> tuple[Backend, Options]:
-        if self._closed:
-            raise ValueError("this Pool is closed")
+    def _ready(self, overrides: dict[str, Any]) -> tuple[Supervisor, Options]:
         fixed = sorted(set(overrides) & set(POOL_LEVEL))
         if fixed:
             raise ValueError(f"{', '.join(fixed)} cannot change per call; make another Pool")
         opts = self.options.with_changes(**overrides)
-        if self._backend is None:
-            backend = make_backend(self.options, fn)
-            try:
-                backend.start()
-            except BaseException:
-                backend.close(wait=False)
-                raise
-            self._backend = backend
-        return self._backend, opts
+        with self._lock:
+            if self._supervisor is None:
+                raise ValueError("this Pool is closed")
+            return self._supervisor, opts
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any) -> Run:
-        backend, opts = self._ready(fn, overrides)
+        supervisor, opts = self._ready(overrides)
         try:
-            return _collect(_Call(backend, fn, items, opts, pooled=True))
+            return _collect(_Call(supervisor, fn, items, opts))
         except KeyboardInterrupt:
             self.terminate()  # Ctrl-C: don't wait for busy workers
             raise
@@ -244,22 +258,24 @@ class Pool:
     def imap(
         self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any
     ) -> Iterator[ItemResult]:
-        backend, opts = self._ready(fn, overrides)
-        return _stream(_Call(backend, fn, items, opts, pooled=True))
+        supervisor, opts = self._ready(overrides)
+        return _stream(_Call(supervisor, fn, items, opts))
 
     def close(self) -> None:
-        """Let workers finish and exit; waits for them."""
-        self._closed = True
-        if self._backend is not None:
-            self._backend.close(wait=True)
-            self._backend = None
+        """Let workers finish and exit; returns once every one has (calls still running in
+        other threads fail with :class:`PoolClosed`)."""
+        self._shut(wait=True)
 
     def terminate(self) -> None:
         """Kill workers at once."""
-        self._closed = True
-        if self._backend is not None:
-            self._backend.close(wait=False)
-            self._backend = None
+        self._shut(wait=False)
+
+    def _shut(self, wait: bool) -> None:
+        with self._lock:
+            supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.fail_all(PoolClosed("the pool was closed while this call was running"))
+            supervisor.backend.close(wait=wait)
 
     def __enter__(self) -> Pool:
         return self
@@ -271,7 +287,7 @@ class Pool:
             self.terminate()
 
     def __del__(self) -> None:
-        if getattr(self, "_backend", None) is not None:
+        if getattr(self, "_supervisor", None) is not None:
             self.terminate()
 
 

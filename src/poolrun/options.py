@@ -36,6 +36,11 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
 
+# An empty worker holds about 10 MB of its own (private) memory; a limit below this could
+# never be met, and every item would fail as a memory kill.
+MIN_MAX_RSS = 32 * 1024**2
+
+
 def parse_size(value: int | float | str | None, name: str = "max_rss") -> int | None:
     """Turn ``"1GB"``, ``"512MiB"`` or a byte count into bytes (``None`` stays ``None``)."""
     if value is None:
@@ -43,8 +48,8 @@ def parse_size(value: int | float | str | None, name: str = "max_rss") -> int | 
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a size like '1GB', '512MiB' or a byte count, not a bool")
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
         return int(value)
     if not isinstance(value, str):
         raise TypeError(
@@ -76,7 +81,7 @@ def parse_max_failures(value: int | float | str | None) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise TypeError("max_failures must be a count (int), a fraction (float < 1) or 'P%'")
+        raise TypeError("max_failures must be a count (int), a fraction (float <= 1) or 'P%'")
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -85,18 +90,22 @@ def parse_max_failures(value: int | float | str | None) -> int | float | None:
                 if not 0 <= number <= 1:
                     raise ValueError
                 return number
-            return parse_max_failures(int(text))
+            try:
+                return parse_max_failures(int(text))
+            except ValueError:
+                return parse_max_failures(float(text))
         except ValueError:
             raise ValueError(
-                f"max_failures={value!r} is not a count like '10' or a percentage like '5%'"
+                f"max_failures={value!r} is not a count like '10', a fraction like '0.05' "
+                "or a percentage like '5%'"
             ) from None
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"max_failures must be >= 0, got {value}")
         return value
-    if isinstance(value, float):
-        if not 0 <= value < 1:
-            raise ValueError(f"max_failures as a fraction must be in [0, 1), got {value}")
+    if isinstance(value, float):  # a fraction: 0.05 means the same as "5%"
+        if not 0 <= value <= 1:
+            raise ValueError(f"max_failures as a fraction must be in [0, 1], got {value}")
         return value
     raise TypeError(f"max_failures must be an int, a float fraction or 'P%', not {value!r}")
 
@@ -114,6 +123,7 @@ class Options:
     backoff: float = 0.1
     ordered: bool = True
     start_method: str = "auto"
+    start_timeout: float = 60.0
     progress: bool = False
     backend: str = "local"
     scheduler: str | None = None
@@ -152,6 +162,12 @@ def _validated(o: Options) -> Options:
         else:
             _check_int("batch_size", o.batch_size, minimum=1, allowed="'auto' or an int >= 1")
     o = replace(o, max_rss=parse_size(o.max_rss), max_failures=parse_max_failures(o.max_failures))
+    if o.max_rss is not None and o.max_rss < MIN_MAX_RSS:
+        raise ValueError(
+            f"max_rss={o.max_rss} bytes is less than an empty worker needs "
+            f"(at least {MIN_MAX_RSS // 1024**2} MiB); use a size like '512MB'"
+        )
+    _check_positive("start_timeout", o.start_timeout)
     if o.timeout is not None:
         _check_positive("timeout", o.timeout)
     _check_int("retries", o.retries, minimum=0)

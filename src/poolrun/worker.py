@@ -46,6 +46,10 @@ SLOT_BATCH, SLOT_POS, SLOT_STARTED = 0, 1, 2
 SLOT_SIZE = 3
 SLOT_BYTES = SLOT_SIZE * 8
 IDLE = -1.0
+# While a worker is not ready, its slot's position says why, since SLOT_STARTED, so that the
+# supervisor can enforce ``start_timeout``: the supervisor writes STARTING when it starts the
+# worker; the worker writes LOADING (and the function's id as the batch) while it loads one.
+STARTING, LOADING = -2.0, -3.0
 
 # Functions a fork template handed down to the workers it forks, by token: a worker forked
 # from the caller's copy already holds the function and all it captures, so nothing is sent.
@@ -361,6 +365,8 @@ class WorkerLoop:
         return pickle.loads(payload)
 
     def install(self, fn_id: int, payload: bytes) -> None:
+        self.slot[SLOT_BATCH], self.slot[SLOT_STARTED] = fn_id, time.perf_counter()
+        self.slot[SLOT_POS] = LOADING
         try:
             fn, retry_on, timeout, max_rss = load_function(payload)
         except BaseException as exc:
@@ -373,6 +379,7 @@ class WorkerLoop:
         self.functions[fn_id] = (fn, retry_on, timeout is not None)
         tune_malloc(memory_limited=max_rss is not None)
         _pin_native_threads(self.blas_threads)
+        self.slot[SLOT_POS] = IDLE
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
         fn, retry_on, track_start = self.functions[fn_id]
@@ -409,4 +416,6 @@ def main(
         except BaseException as exc:
             send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))
             os._exit(EXIT_INIT_FAILED)
-    WorkerLoop(conn, slot, blas_threads, main_ref).serve()
+    loop = WorkerLoop(conn, slot, blas_threads, main_ref)
+    loop.slot[SLOT_POS] = IDLE  # started: the supervisor's start-up deadline is met
+    loop.serve()

@@ -51,6 +51,20 @@ class BatchRejected:
 
 
 @dataclass(slots=True)
+class FunctionFailed:
+    """A worker could not load a call's function (it exits after saying so): the call fails."""
+
+    worker: int
+    fn_id: int
+    type: str
+    message: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}\n{self.traceback}"
+
+
+@dataclass(slots=True)
 class WorkerDied:
     worker: int
     cause: str  # "worker-died: SIGSEGV", "timeout", "memory-limit", ...
@@ -83,7 +97,7 @@ class SetupFailed(RuntimeError):
     """A worker could not start (initializer raised, function cannot be loaded): fatal."""
 
 
-Event = BatchDone | BatchMemory | BatchRejected | WorkerDied
+Event = BatchDone | BatchMemory | BatchRejected | FunctionFailed | WorkerDied
 
 
 class Backend:
@@ -104,12 +118,25 @@ class Backend:
         """Make a function known to the workers (shipped lazily); returns its id."""
         ...
 
+    def unregister(self, fn_id: int) -> None:
+        """The call that registered it has ended: forget the function."""
+        ...
+
     def submit(self, worker: int, batch: int, fn_id: int, payload: bytes) -> None: ...
 
     def wait(self, timeout: float | None) -> list[Event]: ...
 
+    def wake(self) -> None:
+        """Make a ``wait`` blocked in another thread return now (safe from any thread)."""
+        ...
+
     def running(self, worker: int) -> tuple[int, int, float] | None:
         """(batch, position, started) of the item the worker is running now, if any."""
+        ...
+
+    def starting(self, worker: int) -> tuple[str, int, float] | None:
+        """("initializer", 0, since) or ("loading", fn_id, since) while a worker is not yet
+        ready to run items; ``None`` once it is (or where the backend cannot tell)."""
         ...
 
     def rss(self, worker: int) -> int | None: ...

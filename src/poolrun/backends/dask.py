@@ -402,6 +402,16 @@ class DaskBackend(Backend):
         self.queued.clear()
         self.ready.clear()
 
+    def wake(self) -> None:
+        self.inbox.put(("wake",))
+
+    def starting(self, worker_id: int) -> tuple[str, int, float] | None:
+        return None  # Dask starts its workers; a Setup message runs the initializer
+
+    def unregister(self, fn_id: int) -> None:
+        """Kept: a batch queued for a worker that has not joined yet may still need it (a
+        payload is bytes, and Dask workers cache at most a few functions each)."""
+
     def wait(self, timeout: float | None) -> list[Event]:
         events, self.ready = self.ready, []
         if not events:

@@ -24,6 +24,7 @@ import pickle
 import select
 import signal
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .base import (
     BatchMemory,
     BatchRejected,
     Event,
+    FunctionFailed,
     FunctionSpec,
     SetupFailed,
     WorkerDied,
@@ -117,6 +119,14 @@ def _main_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+def _starting_slot(view: memoryview) -> memoryview:
+    """A new worker's slot: starting since now (the clock of ``start_timeout``)."""
+    view[worker.SLOT_BATCH] = 0
+    view[worker.SLOT_STARTED] = time.perf_counter()
+    view[worker.SLOT_POS] = worker.STARTING
+    return view
+
+
 def choose_start(start_method: str) -> tuple[str, str]:
     """(method, why) for a requested ``start_method``; ``"auto"`` decides here and now."""
     if start_method != "auto":
@@ -165,6 +175,7 @@ class LocalBackend(Backend):
         self.functions: dict[int, FunctionSpec] = {}
         self.payloads: dict[tuple[int, bool], bytes] = {}
         self.closed = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         _LIVE.add(self)
 
     def _context(self, method: str) -> Any:
@@ -201,8 +212,7 @@ class LocalBackend(Backend):
         finally:
             child_end.close()
             os.close(slot_fd)
-        view = memoryview(slot_map).cast("d")
-        view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
+        view = _starting_slot(memoryview(slot_map).cast("d"))
         process = ForkedWorker(pid, template)
         self._add(process, parent_end, view, inherits=True, slot_map=slot_map)
         return pid
@@ -210,8 +220,7 @@ class LocalBackend(Backend):
     def _spawn_from_context(self) -> int:
         parent_end, child_end = self.context.Pipe(duplex=True)
         slot = self.context.RawArray("d", worker.SLOT_SIZE)
-        view = memoryview(slot).cast("B").cast("d")
-        view[worker.SLOT_BATCH] = view[worker.SLOT_POS] = worker.IDLE
+        view = _starting_slot(memoryview(slot).cast("B").cast("d"))
         init = None
         if self.init:
             import cloudpickle
@@ -284,6 +293,8 @@ class LocalBackend(Backend):
         self.retiring.clear()
         if self.template is not None:
             self.template.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         _LIVE.discard(self)
 
     # -- running batches ---------------------------------------------------------------
@@ -292,6 +303,13 @@ class LocalBackend(Backend):
         fn_id = len(self.functions) + 1
         self.functions[fn_id] = spec
         return fn_id
+
+    def unregister(self, fn_id: int) -> None:
+        self.functions.pop(fn_id, None)
+        for inherited in (False, True):
+            self.payloads.pop((fn_id, inherited), None)
+        for w in self.workers.values():
+            w.fn_ids.discard(fn_id)
 
     def _function_payload(self, fn_id: int, w: _Worker) -> bytes:
         """Pickled once per function and kind of worker: a template's workers already hold
@@ -309,6 +327,15 @@ class LocalBackend(Backend):
             w.channel.send(worker.dumps(("fn", fn_id, self._function_payload(fn_id, w))))
             w.fn_ids.add(fn_id)
         w.channel.send(worker.dumps(("batch", batch, fn_id, payload)))
+
+    def starting(self, worker_id: int) -> tuple[str, int, float] | None:
+        slot = self.workers[worker_id].slot
+        pos = slot[worker.SLOT_POS]
+        if pos == worker.STARTING:
+            return "initializer", 0, slot[worker.SLOT_STARTED]
+        if pos == worker.LOADING:
+            return "loading", int(slot[worker.SLOT_BATCH]), slot[worker.SLOT_STARTED]
+        return None
 
     def running(self, worker_id: int) -> tuple[int, int, float] | None:
         slot = self.workers[worker_id].slot
@@ -337,10 +364,15 @@ class LocalBackend(Backend):
             w.kill_cause = cause
             w.process.kill()
 
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
+
     def wait(self, timeout: float | None) -> list[Event]:
-        """Block until a result, a death or writable room for a pending send, or ``timeout``."""
+        """Block until a result, a death, writable room for a pending send, ``wake()`` or
+        ``timeout``."""
         poller = select.poll()
-        watched: dict[int, tuple[str, Any]] = {}
+        watched: dict[int, tuple[str, Any]] = {self._wake_r: ("wake", None)}
         for w in self.workers.values():
             watched[w.conn.fileno()] = ("conn", w)
             watched[w.process.sentinel] = ("dead", w)
@@ -357,7 +389,10 @@ class LocalBackend(Backend):
         dead = []
         for fd, mask in ready:
             kind, who = watched[fd]
-            if kind == "send":
+            if kind == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            elif kind == "send":
                 who.channel.flush()
             elif kind == "conn" and mask & _READABLE:
                 self._drain(who, events)
@@ -387,10 +422,7 @@ class LocalBackend(Backend):
         if kind == "bad-batch":
             return BatchRejected(w.pid, *message[1:])
         if kind == "fn-failed":
-            _, _, kind_name, text, tb = message
-            raise SetupFailed(
-                f"the function could not be loaded in a worker: {kind_name}: {text}\n{tb}"
-            )
+            return FunctionFailed(w.pid, *message[1:])
         if kind == "init-failed":
             _, _, kind_name, text, tb = message
             raise SetupFailed(f"initializer failed in worker {w.pid}: {kind_name}: {text}\n{tb}")

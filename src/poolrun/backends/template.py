@@ -247,9 +247,10 @@ def _template_main(
 
 
 def _warm_up() -> None:
-    """Import once, here, what every worker will need (psutil, for its memory readings), so
-    that the workers inherit it rather than each import it on its first batch."""
-    importlib.import_module("poolrun.memory")
+    """Import once, here, what every worker will need (psutil for its memory readings,
+    ctypes to tune malloc), so that the workers inherit it rather than each import it."""
+    for name in ("poolrun.memory", "ctypes"):
+        importlib.import_module(name)
 
 
 def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:

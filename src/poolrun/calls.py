@@ -1,0 +1,344 @@
+"""One ``map``/``imap`` call as the supervisor sees it: its input, its batches, its results.
+
+A :class:`Call` owns everything that is the call's own: the input iterator (read lazily, a
+batch at a time), the batch sizer, the segments its results land in, the retries waiting
+for their backoff, the pieces of batches to send again after a worker died, and the release
+of finished segments to its consumer, in input order or as they complete. The
+:class:`~poolrun.supervisor.Supervisor` owns what calls share, the workers, and moves batches
+between the two. Keeping the call's state here is what lets several calls, from several
+threads, share one pool's workers without ever mixing their results: a batch carries its
+call, and its id is unique in the pool.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from . import worker
+from .batching import BatchSizer
+from .faults import ALONE, FAIL, FaultPolicy
+from .options import Options
+from .report import Stats
+from .results import ItemError, Segment
+from .trace import Trace
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .backends.base import BatchDone, BatchRejected
+
+
+class FailureBudgetExceeded(Exception):
+    """Internal: ``max_failures`` was passed; the API turns it into ``RunAborted``."""
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Items sent together to one worker, and where each one's result belongs."""
+
+    id: int
+    call: Call
+    parts: list[tuple[Segment, Sequence[int]]]
+    items: list[Any]
+    fresh: bool = False
+    idle_deaths: int = 0
+
+    def refs(self) -> Iterator[tuple[Segment, int]]:
+        for segment, positions in self.parts:
+            for pos in positions:
+                yield segment, pos
+
+
+def group(refs: Iterable[tuple[Segment, int]]) -> list[tuple[Segment, Sequence[int]]]:
+    """(segment, positions) runs from (segment, position) pairs, keeping their order."""
+    parts: list[tuple[Segment, list[int]]] = []
+    for segment, pos in refs:
+        if parts and parts[-1][0] is segment:
+            parts[-1][1].append(pos)
+        else:
+            parts.append((segment, [pos]))
+    return parts  # type: ignore[return-value]
+
+
+class Call:
+    """The state of one call; every method runs under the supervisor's lock."""
+
+    def __init__(
+        self,
+        fn_id: int,
+        items: Iterable[Any],
+        options: Options,
+        stats: Stats,
+        trace: Trace,
+        total: int | None,
+    ) -> None:
+        self.fn_id = fn_id
+        self.opts = options
+        self.stats = stats
+        self.trace = trace
+        self.total = total
+        fixed = options.batch_size if isinstance(options.batch_size, int) else None
+        self.sizer = BatchSizer(
+            workers=options.workers,
+            fixed=fixed,
+            target_seconds=options.target_batch_seconds,
+            max_size=options.max_batch_size,
+            max_rss=options.max_rss,
+        )
+        self.policy = FaultPolicy(options.retries)
+        self._items = iter(items)
+        self.requeued: deque[Batch] = deque()
+        self.retries: list[tuple[float, int, Segment, int, Any]] = []
+        self.pending: deque[Segment] = deque()  # ordered mode: unreleased, in input order
+        self.completed: deque[Segment] = deque()  # unordered mode: done, not yet released
+        self.ready: deque[Segment] = deque()  # released to the consumer, not yet taken
+        self.unreleased = 0  # segments made and not yet released
+        self.max_open = max(8, 4 * options.workers * options.inflight)
+        self.consumed = 0  # items read from the input
+        self.exhausted = False
+        self.error: BaseException | None = None  # raised to the consumer, ends the call
+        self.cancelled = False  # the consumer went away; results are dropped
+        self.throttled = False  # waits for its consumer to take segments
+        self._seq = itertools.count()
+
+    @property
+    def done(self) -> bool:
+        """Everything was read, and every segment released."""
+        return self.exhausted and self.unreleased == 0
+
+    @property
+    def over(self) -> bool:
+        """Nothing more will come of it: done, failed or cancelled."""
+        return self.done or self.error is not None or self.cancelled
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+
+    # -- batches out -------------------------------------------------------------------
+
+    def next_batch(self, new_id: Iterator[int], now: float) -> Batch | None:
+        if self.over:
+            return None
+        if self.requeued:
+            return self.requeued.popleft()
+        if self.retries and self.retries[0][0] <= now:
+            return self._retry_batch(new_id, now)
+        if self.exhausted:
+            return None
+        if self.unreleased + len(self.ready) >= self.max_open:
+            self.throttled = True
+            return None
+        try:
+            return self._fresh_batch(new_id)
+        except Exception as exc:  # the caller's iterable raised: the call ends with it
+            self.fail(exc)
+            return None
+
+    def _fresh_batch(self, new_id: Iterator[int]) -> Batch | None:
+        remaining = None if self.total is None else max(self.total - self.consumed, 0)
+        size = self.sizer.next_size(remaining)
+        items = list(itertools.islice(self._items, size))
+        if len(items) < size or remaining == len(items):
+            self.exhausted = True
+        if not items:
+            return None
+        segment = Segment(self.consumed, len(items))
+        self.consumed += len(items)
+        self.unreleased += 1
+        if self.opts.ordered:
+            self.pending.append(segment)
+        self.stats.sizes.record(len(items))
+        return Batch(next(new_id), self, [(segment, range(len(items)))], items, fresh=True)
+
+    def _retry_batch(self, new_id: Iterator[int], now: float) -> Batch:
+        limit = self.sizer.next_size()
+        refs, items = [], []
+        while self.retries and self.retries[0][0] <= now and len(items) < limit:
+            _, _, segment, pos, item = heapq.heappop(self.retries)
+            refs.append((segment, pos))
+            items.append(item)
+        return Batch(next(new_id), self, group(refs), items)
+
+    def piece(self, batch: Batch, new_id: Iterator[int], lo: int, hi: int) -> Batch:
+        refs = list(batch.refs())[lo:hi]
+        return Batch(next(new_id), self, group(refs), batch.items[lo:hi])
+
+    def encode(self, batch: Batch) -> tuple[Batch, bytes] | None:
+        """Pickle a batch's items; those that cannot be pickled fail on their own."""
+        try:
+            return batch, worker.dumps(batch.items)
+        except Exception:
+            pass
+        keep_refs, keep_items = [], []
+        for (segment, pos), item in zip(batch.refs(), batch.items, strict=True):
+            try:
+                worker.dumps(item)
+            except Exception as exc:
+                kind, message, _ = worker.describe_exception(exc, 0)
+                error = ItemError(kind, f"item cannot be sent to a worker: {message}")
+                self.finish_item(segment, pos, None, 0.0, None, batch.id, error)
+            else:
+                keep_refs.append((segment, pos))
+                keep_items.append(item)
+        if not keep_items:
+            return None
+        kept = Batch(batch.id, self, group(keep_refs), keep_items)
+        return kept, worker.dumps(keep_items)
+
+    # -- results in --------------------------------------------------------------------
+
+    def on_done(self, ev: BatchDone, batch: Batch, label: str) -> None:
+        busy = ev.ended - ev.started
+        self.stats.batch_done(ev.worker, ev.durations, busy)
+        failed = len(ev.errors) if ev.errors else 0
+        self.stats.worker_names[ev.worker] = label
+        self.trace.batch(ev.worker, label, ev.batch, ev.started, ev.ended, ev.durations, failed)
+        if batch.fresh and not ev.errors:
+            segment = batch.parts[0][0]
+            segment.fill_all(ev.values, ev.durations, ev.worker, ev.batch)
+            self._segment_done(segment)
+            return
+        errors = {e[0]: e for e in ev.errors} if ev.errors else {}
+        for i, ((segment, pos), item) in enumerate(zip(batch.refs(), batch.items, strict=True)):
+            err = errors.get(i)
+            if err is None:
+                self.finish_item(segment, pos, ev.values[i], ev.durations[i], ev.worker, ev.batch)
+                continue
+            _, kind, message, tb, retryable = err
+            if retryable and segment.attempts(pos) <= self.opts.retries:
+                self.schedule_retry(segment, pos, item)
+            else:
+                error = ItemError(kind, message, tb, "exception")
+                self.finish_item(segment, pos, None, ev.durations[i], ev.worker, ev.batch, error)
+
+    def on_rejected(self, ev: BatchRejected, batch: Batch) -> None:
+        message = f"batch could not be loaded in the worker: {ev.message}"
+        error = ItemError(ev.type, message, ev.traceback, "exception")
+        for segment, pos in batch.refs():
+            self.finish_item(segment, pos, None, 0.0, ev.worker, ev.batch, error)
+
+    def finish_item(
+        self,
+        segment: Segment,
+        pos: int,
+        value: Any,
+        duration: float,
+        w: int | None,
+        batch_id: int | None,
+        error: ItemError | None = None,
+    ) -> None:
+        segment.fill_one(pos, value, duration, w, batch_id, error)
+        if segment.done:
+            self._segment_done(segment)
+
+    def _segment_done(self, segment: Segment) -> None:
+        if not self.opts.ordered:
+            self.completed.append(segment)
+
+    def release(self) -> bool:
+        """Move finished segments to ``ready`` (in input order when ordered); any moved?"""
+        out: deque[Segment] = self.completed
+        if self.opts.ordered:
+            out = deque()
+            while self.pending and self.pending[0].done:
+                out.append(self.pending.popleft())
+        else:
+            self.completed = deque()
+        for segment in out:
+            self.stats.items += segment.n
+            self.stats.failed += len(segment.errors)
+        self.unreleased -= len(out)
+        self.ready.extend(out)
+        return bool(out)
+
+    def unreleased_done(self) -> list[Segment]:
+        """Segments that finished but were never handed out (an aborted run's results)."""
+        return [s for s in (*self.ready, *self.pending, *self.completed) if s.done]
+
+    def check_budget(self) -> None:
+        """Fail the call once the failures released to its consumer pass ``max_failures``:
+        counting released ones (not every failure seen so far) means the consumer has
+        seen, and written, exactly the failures the message names."""
+        limit, failed = self.opts.max_failures, self.stats.failed
+        if limit is None or failed == 0:
+            return
+        if isinstance(limit, float):
+            seen = self.total or self.stats.items
+            exceeded = failed > limit * seen and bool(self.total or seen >= 20)
+        else:
+            exceeded = failed > limit
+        if exceeded:
+            message = f"{failed} items failed, more than max_failures={limit}; run aborted"
+            self.fail(FailureBudgetExceeded(message))
+
+    # -- faults ------------------------------------------------------------------------
+
+    def schedule_retry(self, segment: Segment, pos: int, item: Any) -> None:
+        extra = segment.override(pos)
+        extra.attempts += 1
+        self.stats.count("retries")
+        delay = self.opts.backoff * (2 ** (extra.attempts - 2)) * random.uniform(0.5, 1.5)
+        entry = (time.perf_counter() + delay, next(self._seq), segment, pos, item)
+        heapq.heappush(self.retries, entry)
+
+    def after_death(
+        self, batch: Batch, running: int | None, cause: str, w: int, new_id: Iterator[int]
+    ) -> None:
+        """Queue again what a dead worker's batch still owes: ``running`` is the position of
+        the item it died running, ``None`` if it died between items."""
+        if running is None:
+            batch.idle_deaths += 1
+            ranges = self.policy.between_items(batch.idle_deaths, len(batch.items))
+            if ranges is None:
+                pieces = self._judge(batch, 0, cause, w, new_id)
+            elif ranges == [(0, len(batch.items))]:
+                pieces = [batch]
+            else:
+                self.stats.count("splits")
+                pieces = [self.piece(batch, new_id, lo, hi) for lo, hi in ranges]
+        else:
+            if len(batch.items) > 1:
+                self.stats.count("splits")
+            ranges = self.policy.around(len(batch.items), running)
+            pieces = self._judge(batch, running, cause, w, new_id)
+            pieces += [self.piece(batch, new_id, lo, hi) for lo, hi in ranges]
+        self.requeued.extendleft(reversed(pieces))
+
+    def _judge(
+        self, batch: Batch, pos: int, cause: str, w: int, new_id: Iterator[int]
+    ) -> list[Batch]:
+        """The verdict on the item that was running: [] or its batch of one."""
+        segment, seg_pos = list(batch.refs())[pos]
+        item = batch.items[pos]
+        extra = segment.override(seg_pos)
+        if cause != "timeout":
+            extra.deaths += 1
+        verdict = self.policy.judge(cause, extra.attempts, extra.deaths, len(batch.items) == 1)
+        if verdict == ALONE:
+            extra.attempts += 1
+            return [self.piece(batch, new_id, pos, pos + 1)]
+        if verdict == FAIL:
+            duration = float(self.opts.timeout or 0) if cause == "timeout" else 0.0
+            self.finish_item(segment, seg_pos, None, duration, w, None, self._death_error(cause))
+        else:
+            self.schedule_retry(segment, seg_pos, item)
+        return []
+
+    def _death_error(self, cause: str) -> ItemError:
+        if cause == "timeout":
+            message = f"item ran longer than timeout={self.opts.timeout}s; its worker was killed"
+            return ItemError("TimeoutError", message, "", "timeout")
+        if cause == "memory-limit":
+            limit = (self.opts.max_rss or 0) / 1e6
+            message = f"worker memory passed max_rss={limit:.0f} MB while running this item"
+            return ItemError("MemoryLimitExceeded", message, "", "memory-limit")
+        message = f"the worker process died running this item ({cause})"
+        return ItemError("WorkerDied", message, "", cause)

@@ -24,6 +24,10 @@ defined in the script itself (``__main__``), as it is the first time anyone trie
   neighbour on this shared machine hits every engine alike; the median of the rounds is kept,
   and the ratio poolrun / best peer is taken between medians of the same run.
 * Every script prints a digest of its results; all engines must agree or the run fails.
+* poolrun's own modules are byte-compiled first (``compileall``), as ``pip install`` leaves
+  an installed package: an editable install under ``PYTHONDONTWRITEBYTECODE`` (set on this
+  machine) would otherwise compile poolrun from source in every run, which no installed
+  peer pays.
 * ``--pss`` adds one run per engine on the captured-table workload with the process tree's
   peak PSS sampled (PSS splits a page shared by fork between the processes sharing it, so a
   table inherited copy-on-write counts once, as memory really does). Sampling PSS is slow, so
@@ -248,6 +252,19 @@ def table(workloads: list[str], engines: list[str], cells: dict) -> str:
     return "\n".join(lines)
 
 
+def compile_poolrun(before: str | None) -> None:
+    """Byte-compile the poolrun packages the scripts will import, as pip would."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("poolrun")
+    folders = [*(spec.submodule_search_locations or [])] if spec else []
+    if before:
+        folders.append(os.path.join(before, "poolrun"))
+    for folder in folders:
+        compileall.compile_dir(folder, quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -262,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
     engines = [*ENGINES, *(["poolrun_before"] if args.before else [])]
+    compile_poolrun(args.before)
     envs = environments(engines, not args.no_pin_blas, args.before)
     with tempfile.TemporaryDirectory(prefix="poolrun-startup-") as folder:
         cells = measure(workloads, engines, args.rounds, args.scale, args.pss, envs, Path(folder))

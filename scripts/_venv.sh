@@ -16,3 +16,6 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" >&2
     echo "$WANT" > "$STAMP"
 fi
+# Byte-compile poolrun as pip does for an installed package (an editable install leaves that
+# to the first import, which PYTHONDONTWRITEBYTECODE turns into a compile on every start).
+"$PY" -m compileall -q "$ROOT/src/poolrun" >/dev/null || true

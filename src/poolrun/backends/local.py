@@ -350,12 +350,9 @@ class LocalBackend(Backend):
         if w is None:
             return None
         if w.memory is None:
-            from ..memory import PrivateMemory  # psutil: only runs with max_rss need it
+            from ..memory import PrivateMemory  # only runs with max_rss need it
 
-            try:
-                w.memory = PrivateMemory(w.pid)
-            except Exception:  # psutil.NoSuchProcess: it is gone already
-                return None
+            w.memory = PrivateMemory(w.pid)
         return w.memory.read()
 
     def kill(self, worker_id: int, cause: str) -> None:

@@ -247,10 +247,9 @@ def _template_main(
 
 
 def _warm_up() -> None:
-    """Import once, here, what every worker will need (psutil for its memory readings,
-    ctypes to tune malloc), so that the workers inherit it rather than each import it."""
-    for name in ("poolrun.memory", "ctypes"):
-        importlib.import_module(name)
+    """Import once, here, what every worker will need (ctypes, to tune malloc), so that the
+    workers inherit it rather than each import it."""
+    importlib.import_module("ctypes")
 
 
 def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:

@@ -203,7 +203,8 @@ def test_own_local_cluster_reports_dask_and_worker_addresses():
     run = poolrun.map(square, range(3000), workers=2, backend="dask")
     assert run.values == [x * x for x in range(3000)]
     assert run.report.backend == "dask"
-    names = {e["args"]["name"] for e in run.trace.events if e.get("ph") == "M"}
+    events = run.trace.to_dict()["traceEvents"]
+    names = {e["args"]["name"] for e in events if e.get("ph") == "M"}
     assert names and all(n.startswith("tcp://127.0.0.1:") for n in names)
     assert wait_until(lambda: _spawned_children() <= before)
 

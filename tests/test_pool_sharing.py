@@ -12,10 +12,10 @@ import time
 
 import psutil
 import pytest
-from conftest import live_templates, live_workers
-from funcs import slow_square, square
 
 import poolrun
+from conftest import live_templates, live_workers
+from funcs import slow_square, square
 
 
 def _offset(k: int):
@@ -228,8 +228,9 @@ def test_option_values_are_checked_the_same_way_everywhere():
         poolrun.map(abs, [1], max_rss="1KB")
     from poolrun.options import make_options
 
-    assert make_options(max_failures=1.0).max_failures == make_options(max_failures="100%").max_failures
-    assert make_options(max_failures=0.05).max_failures == make_options(max_failures="5%").max_failures
+    for fraction, percent in ((1.0, "100%"), (0.05, "5%"), ("0.05", "5%")):
+        same = make_options(max_failures=percent).max_failures
+        assert make_options(max_failures=fraction).max_failures == same
     assert make_options(max_rss="1GiB").max_rss == 2**30
     assert make_options(max_rss="2TB").max_rss == 2 * 10**12
 

@@ -17,7 +17,7 @@ TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-    from .api import Pool, Task, imap, map, task
+    from .api import Pool, PoolClosed, Task, imap, map, task
     from .backends.base import SetupFailed
     from .report import Report
     from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Pool": "api",
+    "PoolClosed": "api",
     "Task": "api",
     "imap": "api",
     "map": "api",
@@ -43,6 +44,7 @@ __all__ = [
     "ItemResult",
     "ItemsFailed",
     "Pool",
+    "PoolClosed",
     "Report",
     "Run",
     "RunAborted",

@@ -19,7 +19,7 @@ from .calls import FailureBudgetExceeded
 from .options import Options, make_options
 from .progress import Progress
 from .report import Report, Stats
-from .results import ItemResult, Run, RunAborted, Segment
+from .results import Columns, ItemResult, Run, RunAborted, Segment
 from .supervisor import Supervisor
 from .trace import Trace
 
@@ -97,20 +97,29 @@ class _Call:
             self.progress.close()
 
     def report(self) -> Report:
-        return self.stats.finish()
+        report = self.stats.finish()
+        dropped = report.trace_events_dropped = self.trace.dropped
+        if dropped:
+            report.notes.append(
+                f"the trace kept its last {self.trace.max_events:,} events; {dropped:,} older "
+                "ones were dropped (the command line's --trace streams every event to its file)"
+            )
+        return report
 
-    def run(self, keep: list[Segment]) -> Run:
-        return Run(keep, self.report(), self.trace)
+    def run(self, kept: Columns) -> Run:
+        return Run(kept, self.report(), self.trace)
 
-    def aborted(self, exc: FailureBudgetExceeded, kept: list[Segment]) -> RunAborted:
-        return RunAborted(str(exc), self.run(kept + self.call.unreleased_done()))
+    def aborted(self, exc: FailureBudgetExceeded, kept: Columns) -> RunAborted:
+        for segment in self.call.unreleased_done():
+            kept.add(segment)
+        return RunAborted(str(exc), self.run(kept))
 
 
 def _collect(call: _Call) -> Run:
-    kept: list[Segment] = []
+    kept = Columns()
     try:
         for segment in call.segments_iter():
-            kept.append(segment)
+            kept.add(segment)
     except FailureBudgetExceeded as exc:
         raise call.aborted(exc, kept) from None
     return call.run(kept)
@@ -120,7 +129,7 @@ def _segments(call: _Call) -> Iterator[Segment]:
     try:
         yield from call.segments_iter()
     except FailureBudgetExceeded as exc:
-        raise call.aborted(exc, []) from None
+        raise call.aborted(exc, Columns()) from None
 
 
 def _stream(call: _Call) -> Iterator[ItemResult]:

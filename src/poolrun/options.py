@@ -48,8 +48,8 @@ def parse_size(value: int | float | str | None, name: str = "max_rss") -> int | 
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a size like '1GB', '512MiB' or a byte count, not a bool")
     if isinstance(value, int | float):
-        if value < 1:
-            raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
         return int(value)
     if not isinstance(value, str):
         raise TypeError(

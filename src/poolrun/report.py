@@ -178,6 +178,7 @@ class Report:
     memory_kills: int = 0
     recycled: int = 0
     splits: int = 0
+    trace_events_dropped: int = 0  # the in-memory trace keeps only the most recent events
     notes: list[str] = field(default_factory=list)
 
     @classmethod

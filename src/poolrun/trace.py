@@ -4,11 +4,18 @@ One complete ("X") event per batch on its worker's track, optional per-item even
 it, and instant ("i") markers for faults: worker deaths, timeouts, memory kills, recycling.
 Timestamps come from ``time.perf_counter``, which on Linux is the system-wide monotonic
 clock, so the workers' and the supervisor's times line up on one axis.
+
+Memory stays bounded whatever the run's length: the trace keeps the most recent
+``max_events`` events and counts the older ones it dropped (the report says so). A trace
+opened with :meth:`Trace.stream_to` drops nothing: events that leave the window are written
+to the file as the run goes, so a day-long run's trace is complete and memory stays flat.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -16,12 +23,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+MAX_EVENTS = 20_000  # ~10 MB of events: the last few minutes of a busy run
+
+
 class Trace:
     def __init__(self, origin: float, with_items: bool = False) -> None:
         self.origin = origin
         self.with_items = with_items
-        self.events: list[dict[str, Any]] = []
-        self._tracks: set[int] = set()
+        self.events: deque[dict[str, Any]] = deque()
+        self.max_events = MAX_EVENTS
+        self.dropped = 0
+        self._stream: Any = None  # the open file of stream_to(), if any
+        self._streamed = 0
+        self._tracks: dict[int, dict[str, Any]] = {}
         self.pid = os.getpid()
 
     def _us(self, t: float) -> float:
@@ -29,16 +43,43 @@ class Trace:
 
     def _track(self, worker: int, label: str) -> None:
         if worker not in self._tracks:
-            self._tracks.add(worker)
-            self.events.append(
-                {
-                    "name": "thread_name",
-                    "ph": "M",
-                    "pid": self.pid,
-                    "tid": worker,
-                    "args": {"name": label},
-                }
-            )
+            meta = {"name": "thread_name", "ph": "M", "pid": self.pid, "tid": worker}
+            self._tracks[worker] = {**meta, "args": {"name": label}}
+
+    def _add(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if len(self.events) > self.max_events:
+            old = self.events.popleft()
+            if self._stream is not None:
+                self._write(old)
+            else:
+                self.dropped += 1
+
+    def stream_to(self, path: str | os.PathLike[str]) -> None:
+        """Write events to ``path`` as they leave the in-memory window; :meth:`close`
+        writes the rest and ends the JSON document."""
+        self._stream = open(path, "w")  # noqa: SIM115  (kept open for the run)
+        self._stream.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
+        for event in self.events:
+            self._write(event)
+        self.events.clear()
+
+    def _write(self, event: dict[str, Any]) -> None:
+        import json
+
+        self._stream.write(("" if not self._streamed else ",\n") + json.dumps(event))
+        self._streamed += 1
+
+    def close(self) -> None:
+        """End a streamed trace: the window's events and the track names, then the close."""
+        if self._stream is None:
+            return
+        for event in [*self.events, *self._tracks.values()]:
+            self._write(event)
+        self._stream.write("\n]}\n")
+        self._stream.close()
+        self._stream = None
+        self.events.clear()
 
     def batch(
         self,
@@ -51,7 +92,7 @@ class Trace:
         failed: int,
     ) -> None:
         self._track(worker, label)
-        self.events.append(
+        self._add(
             {
                 "name": f"batch {batch}",
                 "cat": "batch",
@@ -66,7 +107,7 @@ class Trace:
         if self.with_items:
             t = started
             for pos, d in enumerate(durations):
-                self.events.append(
+                self._add(
                     {
                         "name": f"item {pos}",
                         "cat": "item",
@@ -82,7 +123,7 @@ class Trace:
 
     def memory(self, worker: int, batch: int, rss: int) -> None:
         """Attach the worker's RSS after a batch to that batch's event (it arrives just after)."""
-        for event in reversed(self.events[-64:]):
+        for event in itertools.islice(reversed(self.events), 64):
             if (
                 event.get("cat") == "batch"
                 and event["tid"] == worker
@@ -92,7 +133,7 @@ class Trace:
                 return
 
     def mark(self, worker: int, name: str, at: float, **args: Any) -> None:
-        self.events.append(
+        self._add(
             {
                 "name": name,
                 "cat": "fault",
@@ -106,7 +147,8 @@ class Trace:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"traceEvents": self.events, "displayTimeUnit": "ms"}
+        events = [*self._tracks.values(), *self.events]
+        return {"traceEvents": events, "displayTimeUnit": "ms", "droppedEvents": self.dropped}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         import json  # here, not at import: nothing on a run's path needs it

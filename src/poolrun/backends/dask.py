@@ -210,6 +210,7 @@ class DaskBackend(Backend):
         self.cluster: Any = None  # the LocalCluster this backend started, if any
         self.slots: _Slots | None = None
         self.functions: dict[int, tuple[str, bytes]] = {}
+        self._fn_ids = itertools.count(1)
         self.tasks: dict[str, _Task] = {}
         self.address: dict[int, str] = {}
         self.names: dict[int, str] = {}
@@ -321,7 +322,7 @@ class DaskBackend(Backend):
 
     def register(self, spec: FunctionSpec) -> int:
         payload = spec.payload()
-        fn_id = len(self.functions) + 1
+        fn_id = next(self._fn_ids)  # never reused: workers cache functions by id
         self.functions[fn_id] = (_key(payload), payload)
         return fn_id
 

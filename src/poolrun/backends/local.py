@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -173,6 +174,7 @@ class LocalBackend(Backend):
         self.workers: dict[int, _Worker] = {}
         self.retiring: list[Any] = []
         self.functions: dict[int, FunctionSpec] = {}
+        self._fn_ids = itertools.count(1)
         self.payloads: dict[tuple[int, bool], bytes] = {}
         self.closed = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -300,7 +302,7 @@ class LocalBackend(Backend):
     # -- running batches ---------------------------------------------------------------
 
     def register(self, spec: FunctionSpec) -> int:
-        fn_id = len(self.functions) + 1
+        fn_id = next(self._fn_ids)  # never reused: workers cache functions by id
         self.functions[fn_id] = spec
         return fn_id
 

@@ -260,6 +260,8 @@ class WorkerLoop:
         self.functions: dict[int, tuple[Any, ...]] = {}
         self.process = psutil.Process()
         self.timed = True
+        global _serving_slot
+        _serving_slot = self.slot
 
     def serve(self) -> None:
         while True:
@@ -356,3 +358,16 @@ def main(
             send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))
             os._exit(EXIT_INIT_FAILED)
     WorkerLoop(conn, slot, blas_threads, main_ref).serve()
+
+
+# -- items that are many inputs in one ----------------------------------------------------
+
+_serving_slot: memoryview | None = None  # this worker's slot, once its loop serves
+
+
+def restart_item_clock() -> None:
+    """Restart the running item's timeout clock. A function whose item holds many inputs
+    (the command line's byte ranges of a file) calls it before each input, so a per-item
+    ``timeout`` limits each input, not the whole item."""
+    if _serving_slot is not None:
+        _serving_slot[SLOT_STARTED] = time.perf_counter()

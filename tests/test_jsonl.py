@@ -138,7 +138,7 @@ def test_line_task_marks_invalid_json(spec_file) -> None:
     task = LineTask(f"{spec_file}:double")
     with pytest.raises(InvalidJSON, match="line 1 column 1"):
         task(b"nope\n")
-    assert INVALID_JSON == "poolrun.jsonl.InvalidJSON"
+    assert INVALID_JSON == "poolrun.jsonl.codec.InvalidJSON"
 
 
 def test_line_task_pickles_as_its_spec_only(spec_file) -> None:

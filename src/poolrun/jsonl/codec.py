@@ -134,7 +134,8 @@ class LineTask:
                     continue  # blank lines are skipped (they still count for line numbers)
                 if not ranged:
                     raise InvalidJSON(str(exc)) from None
-                failures.append(_failure(number, out, INVALID_JSON, str(exc), "", line, False))
+                message = _as_read(line, number, lines, data)
+                failures.append(_failure(number, out, INVALID_JSON, message, "", line, False))
                 continue
             if clock is not None:
                 clock()
@@ -177,6 +178,17 @@ class LineTask:
                 f"{piece.offset + len(data)}); run again on a file that stays as it is"
             )
         return data
+
+
+def _as_read(line: bytes, number: int, lines: list[bytes], data: bytes) -> str:
+    """The decode error of a line with its newline, as the streaming path reads it (orjson
+    words some errors differently when the data ends right after the line)."""
+    ends = number < len(lines) - 1 or data.endswith(b"\n")
+    try:
+        orjson.loads(line + b"\n" if ends else line)
+    except orjson.JSONDecodeError as exc:
+        return str(exc)
+    return "invalid JSON"  # not reached: the line failed to decode without its newline
 
 
 def _failure(

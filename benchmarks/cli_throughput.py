@@ -125,6 +125,7 @@ class Measured:
     seconds: float
     peak_rss: int
     supervisor_cpu: float
+    total_cpu: float  # all processes of the tree, as last sampled
 
 
 def _tree(root: psutil.Process) -> list[psutil.Process]:
@@ -142,15 +143,14 @@ def measure(command: list[str]) -> Measured:
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = psutil.Process(proc.pid)
-    peak, cpu = 0, 0.0
+    peak, cpus = 0, {}
     while proc.poll() is None:
         total = 0
         for p in _tree(root):
             try:
                 total += p.memory_info().rss
-                if p.pid == root.pid:
-                    times = p.cpu_times()
-                    cpu = times.user + times.system
+                times = p.cpu_times()
+                cpus[p.pid] = times.user + times.system
             except psutil.NoSuchProcess:
                 continue
         peak = max(peak, total)
@@ -159,7 +159,7 @@ def measure(command: list[str]) -> Measured:
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{command[:3]} exited {proc.returncode}: {stderr[-2000:]}")
-    return Measured(seconds, peak, cpu)
+    return Measured(seconds, peak, cpus.get(root.pid, 0.0), sum(cpus.values()))
 
 
 def run_case(case: Case, lines: int, workers: int, folder: Path) -> list[str]:
@@ -181,10 +181,13 @@ def run_case(case: Case, lines: int, workers: int, folder: Path) -> list[str]:
         path.unlink(missing_ok=True)
     cli = results["cli"]
     share = 100 * cli.supervisor_cpu / cli.seconds
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     rows = [f"{case.name}: {lines:,} lines, {mb:.0f} MB ({case.about}), {workers} workers"]
+    rows.append(f"  load average after the runs: {load} (on {os.cpu_count()} CPUs)")
     for kind, m in results.items():
         rows.append(
             f"  {kind:<7} {m.seconds:7.2f} s   peak RSS all processes {m.peak_rss / 2**20:7.1f} MiB"
+            f"   CPU all processes {m.total_cpu:6.2f} s"
         )
     for kind, goal in GOALS.items():
         ratio = results[kind].seconds / cli.seconds

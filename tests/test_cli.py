@@ -110,13 +110,30 @@ def spec(work: Path, name: str = "transform") -> str:
     return f"{work}/fns.py:{name}"
 
 
+@pytest.fixture(params=["ranges", "lines"])
+def reading(request) -> str:
+    """How the run reads its input: a plain file is read by the workers in byte ranges, a
+    gzip file by the supervisor line by line. Both must behave the same."""
+    return request.param
+
+
+def as_read(path: Path, reading: str, folder: Path) -> Path:
+    """``path`` itself for the range path, a gzip copy of it for the line path."""
+    if reading == "ranges":
+        return path
+    packed = folder / (path.name + ".gz")
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    return packed
+
+
 # -- results ------------------------------------------------------------------------------
 
 
-def test_twenty_thousand_lines_equal_a_serial_run(work, tmp_path) -> None:
+def test_twenty_thousand_lines_equal_a_serial_run(work, tmp_path, reading) -> None:
     out, report, trace = tmp_path / "out.jsonl", tmp_path / "report.json", tmp_path / "t.json"
+    source = as_read(work / "big.jsonl", reading, tmp_path)
     done = poolrun(
-        "run", spec(work), str(work / "big.jsonl"), "-o", str(out), "--no-progress",
+        "run", spec(work), str(source), "-o", str(out), "--no-progress",
         "--report", str(report), "--trace", str(trace), "-w", "2",
     )  # fmt: skip
     want_out, want_errors = serial((work / "big.jsonl").read_bytes())
@@ -170,10 +187,11 @@ def test_a_module_spec_is_found_in_the_working_directory(work, tmp_path) -> None
     assert not (tmp_path / "o.errors.jsonl").exists()  # no failures: no empty errors file
 
 
-def test_invalid_json_fails_its_own_line_only(work, tmp_path) -> None:
+def test_invalid_json_fails_its_own_line_only(work, tmp_path, reading) -> None:
     lines = [b'{"id": 0, "name": "a"}', b"{oops", b"", b'{"id": 3, "name": "d"}', b"[1, 2", b"  "]
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(lines) + b"\n")
+    source = as_read(source, reading, tmp_path)
     done = poolrun("run", spec(work), str(source), "-o", str(tmp_path / "o.jsonl"))
     assert done.returncode == 1
     assert (tmp_path / "o.jsonl").read_bytes() == (
@@ -204,18 +222,20 @@ def test_the_bundled_example_serializes_numpy_dates_and_dataclasses(tmp_path) ->
     ]
 
 
-def test_unordered_writes_the_same_lines(work, tmp_path) -> None:
+def test_unordered_writes_the_same_lines(work, tmp_path, reading) -> None:
     out = tmp_path / "o.jsonl"
-    done = poolrun("run", spec(work), str(work / "big.jsonl"), "-o", str(out), "--unordered")
+    source = as_read(work / "big.jsonl", reading, tmp_path)
+    done = poolrun("run", spec(work), str(source), "-o", str(out), "--unordered")
     want_out, want_errors = serial((work / "big.jsonl").read_bytes())
     assert done.returncode == 1
     assert sorted(out.read_bytes().splitlines()) == sorted(want_out.splitlines())
     assert sorted(error_lines(tmp_path / "o.errors.jsonl")) == want_errors
 
 
-def test_timeout_and_retries_reach_the_engine(work, tmp_path) -> None:
+def test_timeout_and_retries_reach_the_engine(work, tmp_path, reading) -> None:
+    source = as_read(work / "small.jsonl", reading, tmp_path)
     done = poolrun(
-        "run", spec(work, "slow_three"), str(work / "small.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+        "run", spec(work, "slow_three"), str(source), "-o", str(tmp_path / "o.jsonl"),
         "--timeout", "0.5", "--retries", "1", "-b", "4",
     )  # fmt: skip
     assert done.returncode == 1
@@ -227,10 +247,11 @@ def test_timeout_and_retries_reach_the_engine(work, tmp_path) -> None:
 # -- --max-failures -----------------------------------------------------------------------
 
 
-def test_max_failures_stops_with_valid_outputs_that_resume(work, tmp_path) -> None:
+def test_max_failures_stops_with_valid_outputs_that_resume(work, tmp_path, reading) -> None:
     data = (work / "big.jsonl").read_bytes()
     out = tmp_path / "o.jsonl"
-    args = ["run", spec(work), str(work / "big.jsonl"), "-o", str(out), "--no-progress"]
+    source = as_read(work / "big.jsonl", reading, tmp_path)
+    args = ["run", spec(work), str(source), "-o", str(out), "--no-progress"]
     stopped = poolrun(*args, "--max-failures", "20")
     assert stopped.returncode == 3, stopped.stderr.decode()
     assert "stopped:" in stopped.stderr.decode() and "--resume continues" in stopped.stderr.decode()
@@ -249,9 +270,10 @@ def test_max_failures_stops_with_valid_outputs_that_resume(work, tmp_path) -> No
     assert error_lines(tmp_path / "o.errors.jsonl") == want_errors
 
 
-def test_max_failures_as_a_percentage(work, tmp_path) -> None:
+def test_max_failures_as_a_percentage(work, tmp_path, reading) -> None:
     source = tmp_path / "in.jsonl"
     source.write_bytes(records(2000, fail_every=2))
+    source = as_read(source, reading, tmp_path)
     done = poolrun(
         "run", spec(work), str(source), "-o", str(tmp_path / "o.jsonl"), "--max-failures", "10%"
     )
@@ -345,9 +367,11 @@ def test_a_spec_that_only_fails_in_workers_is_a_setup_error(work, tmp_path) -> N
         "import multiprocessing\nif multiprocessing.parent_process() is not None:\n"
         "    raise RuntimeError('no GPU here')\ndef f(x):\n    return x\n"
     )
-    done = poolrun(
-        "run", f"{tmp_path}/gpu.py:f", str(work / "small.jsonl"), "-o", str(tmp_path / "o")
-    )
+    args = ["run", f"{tmp_path}/gpu.py:f", str(work / "small.jsonl"), "-o", str(tmp_path / "o")]
+    # workers forked from a copy of the supervisor inherit the module it loaded: no error
+    assert poolrun(*args).returncode == 0
+    # workers that import it themselves (the forkserver) fail to load it: a setup error
+    done = poolrun(*args, "--start-method", "forkserver")
     assert done.returncode == 2
     last = done.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("poolrun: error: the function could not be loaded in a worker")
@@ -361,8 +385,9 @@ def test_a_spec_that_only_fails_in_workers_prints_one_line(work, tmp_path) -> No
     )
     for _ in range(3):  # a race: it shows in about three runs out of four
         done = poolrun(
-            "run", f"{tmp_path}/gpu.py:f", str(work / "small.jsonl"), "-o", str(tmp_path / "o")
-        )
+            "run", f"{tmp_path}/gpu.py:f", str(work / "small.jsonl"), "-o", str(tmp_path / "o"),
+            "--start-method", "forkserver",
+        )  # fmt: skip
         assert done.returncode == 2
         one_line(done.stderr)
 
@@ -371,10 +396,11 @@ def test_a_spec_that_only_fails_in_workers_prints_one_line(work, tmp_path) -> No
 
 
 @pytest.fixture
-def finished(work, tmp_path) -> tuple[list[str], Path]:
+def finished(work, tmp_path, reading) -> tuple[list[str], Path]:
     """A completed run over a copy of the input; returns its arguments and the input."""
     source = tmp_path / "in.jsonl"
     source.write_bytes((work / "small.jsonl").read_bytes())
+    source = as_read(source, reading, tmp_path)
     args = ["run", spec(work), str(source), "-o", str(tmp_path / "o.jsonl")]
     assert poolrun(*args).returncode == 1
     return args, source
@@ -400,16 +426,22 @@ def test_resuming_a_finished_run_changes_nothing(finished, tmp_path) -> None:
 )
 def test_resume_refuses_when_something_changed(finished, work, tmp_path, change, message) -> None:
     args, source = finished
+    packed = source.suffix == ".gz"
+    text = gzip.decompress(source.read_bytes()) if packed else source.read_bytes()
     if change == "append":
-        source.write_bytes(source.read_bytes() + b'{"id": 99, "name": "late"}\n')
+        text += b'{"id": 99, "name": "late"}\n'
     elif change == "edit":
-        source.write_bytes(source.read_bytes().replace(b"name 1", b"NAME 1", 1))
+        text = text.replace(b"name 1", b"NAME 1", 1)
+        if packed:  # the compressed size may change too: either reason will do
+            message = "the input changed since the checkpoint"
     elif change == "spec":
         args = [*args[:1], spec(work, "fixed"), *args[2:]]
     elif change == "errors":
         args = [*args, "--errors", str(tmp_path / "elsewhere.jsonl")]
     else:
         (tmp_path / "o.jsonl").write_bytes(b"")
+    if change in ("append", "edit"):
+        source.write_bytes(gzip.compress(text) if packed else text)
     done = poolrun(*args, "--resume")
     assert done.returncode == 2
     assert message in one_line(done.stderr)

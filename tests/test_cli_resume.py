@@ -158,6 +158,17 @@ def run_chaos(chaos: dict, tmp_path: Path, signals: list[str], seed: int, source
     resume_and_compare(args, out, chaos)
 
 
+def as_read(chaos: dict, reading: str, folder: Path) -> Path:
+    """The input as each path reads it: a plain file in byte ranges (workers read it), a
+    gzip file line by line (the supervisor reads it)."""
+    if reading == "ranges":
+        return chaos["input"]
+    packed = folder / "in.jsonl.gz"
+    packed.write_bytes(gzip.compress(chaos["input"].read_bytes()))
+    return packed
+
+
+@pytest.mark.parametrize("reading", ["ranges", "lines"])
 @pytest.mark.parametrize(
     ("signals", "seed"),
     [
@@ -168,29 +179,27 @@ def run_chaos(chaos: dict, tmp_path: Path, signals: list[str], seed: int, source
         (["SIGKILL", "SIGTERM", "SIGKILL"], 5),
     ],
 )
-def test_interrupted_runs_resume_to_identical_outputs(chaos, tmp_path, signals, seed) -> None:
-    run_chaos(chaos, tmp_path, signals, seed)
-
-
-def test_gzip_input_resumes_after_kill_9(chaos, tmp_path) -> None:
-    packed = tmp_path / "in.jsonl.gz"
-    packed.write_bytes(gzip.compress(chaos["input"].read_bytes()))
-    run_chaos(chaos, tmp_path, ["SIGKILL"], seed=6, source=packed)
+def test_interrupted_runs_resume_to_identical_outputs(
+    chaos, tmp_path, signals, seed, reading
+) -> None:
+    run_chaos(chaos, tmp_path, signals, seed, as_read(chaos, reading, tmp_path))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reading", ["ranges", "lines"])
 @pytest.mark.parametrize("seed", range(10, 22))
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
-def test_many_random_interruptions(chaos, tmp_path, how, seed) -> None:
-    run_chaos(chaos, tmp_path, [how], seed)
+def test_many_random_interruptions(chaos, tmp_path, how, seed, reading) -> None:
+    run_chaos(chaos, tmp_path, [how], seed, as_read(chaos, reading, tmp_path))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reading", ["ranges", "lines"])
 @pytest.mark.parametrize("seed", range(30, 36))
-def test_repeated_random_interruptions(chaos, tmp_path, seed) -> None:
+def test_repeated_random_interruptions(chaos, tmp_path, seed, reading) -> None:
     rng = random.Random(seed)
     signals = [rng.choice(["SIGINT", "SIGTERM", "SIGKILL", DOUBLE_SIGINT]) for _ in range(3)]
-    run_chaos(chaos, tmp_path, signals, seed)
+    run_chaos(chaos, tmp_path, signals, seed, as_read(chaos, reading, tmp_path))
 
 
 def test_workers_exit_quietly_after_kill_9(tmp_path) -> None:

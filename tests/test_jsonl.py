@@ -7,8 +7,10 @@ import dataclasses
 import datetime as dt
 import gzip
 import hashlib
+import os
 import pickle
 import textwrap
+import zlib
 
 import cloudpickle
 import orjson
@@ -16,12 +18,14 @@ import pytest
 
 from poolrun.jsonl import (
     INVALID_JSON,
+    Cutter,
     Input,
     InputError,
     InvalidJSON,
     LineCounter,
     LineTask,
     LineWriter,
+    Range,
     encode,
     error_record,
     read_errors,
@@ -138,7 +142,7 @@ def test_line_task_marks_invalid_json(spec_file) -> None:
     task = LineTask(f"{spec_file}:double")
     with pytest.raises(InvalidJSON, match="line 1 column 1"):
         task(b"nope\n")
-    assert INVALID_JSON == "poolrun.jsonl.InvalidJSON"
+    assert INVALID_JSON == "poolrun.jsonl.codec.InvalidJSON"
 
 
 def test_line_task_pickles_as_its_spec_only(spec_file) -> None:
@@ -318,3 +322,44 @@ def test_spec_file_dataclasses_work_and_its_folder_is_importable(tmp_path) -> No
         "def f(x):\n    return R(x * FACTOR)\n"
     )
     assert dataclasses.asdict(resolve(f"{tmp_path}/uses.py:f")(2)) == {"v": 6}
+
+
+# -- byte ranges --------------------------------------------------------------------------
+
+
+def cutter_for(tmp_path, data: bytes, window: int = 4) -> Cutter:
+    path = tmp_path / "cut.jsonl"
+    path.write_bytes(data)
+    return Cutter(os.open(path, os.O_RDONLY), len(data), window=window)
+
+
+def test_a_range_ends_at_the_first_line_start_at_or_after_the_wanted_offset(tmp_path) -> None:
+    data = b"ab\ncdefghijklmnop\nq\n"  # lines start at 0, 3, 18; 20 is the end
+    cut = cutter_for(tmp_path, data)  # a 4-byte window: the long line takes several reads
+    assert [cut.line_start(at) for at in (0, 1, 3, 4, 17, 18, 19, 20, 50)] == [
+        0, 3, 3, 18, 18, 18, 20, 20, 20,
+    ]  # fmt: skip
+    assert [cut.after_lines(0, n) for n in (1, 2, 3, 9)] == [3, 18, 20, 20]
+    assert cut.after_lines(3, 1) == 18
+
+
+def test_no_final_newline_ends_the_last_range_at_the_end(tmp_path) -> None:
+    cut = cutter_for(tmp_path, b"a\nbcdefgh")
+    assert (cut.line_start(3), cut.after_lines(2, 5)) == (9, 9)
+
+
+def test_a_range_task_splits_decodes_and_reports_failures_where_they_belong(
+    tmp_path, spec_file
+) -> None:
+    data = b'{"a": 1}\r\n\n{"a": 2}\nnope\n{"b": 0}\n{"a": 3}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    task = LineTask(f"{spec_file}:double", str(path))
+    result = task(Range(0, 0, len(data)))
+    assert result.block == b'{"a":2}\n{"a":4}\n{"a":6}\n'
+    assert result.lines == 6 and result.crc == zlib.crc32(data)
+    bad_json, no_a = result.failures
+    assert (bad_json.line, bad_json.out_at, bad_json.type) == (3, 16, INVALID_JSON)
+    assert (no_a.line, no_a.out_at, no_a.type, no_a.raw) == (4, 16, "KeyError", b'{"b": 0}')
+    assert "in __call__" in no_a.traceback and "in double" in no_a.traceback
+    assert task(Range(1, 10, 9)).block == b'{"a":4}\n'  # the second line alone

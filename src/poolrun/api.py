@@ -168,54 +168,15 @@ def imap(fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Iter
 
     ``items`` is consumed lazily: only a bounded number of items is read ahead.
     """
-    return Streaming(fn, items, **options).results()
+    opts = make_options(**options)  # a bad option fails here, not at the first result
+    return _one_shot_stream(fn, items, opts)
 
 
-class Streaming:
-    """An ``imap`` call that keeps its report and trace, for callers that stream results
-    somewhere themselves (the CLI writes them to files) and still want the numbers after.
-
-    ``results()`` is the same generator ``imap`` returns; ``report()``, ``trace``,
-    ``batch_size`` and ``worker_rss`` can be read while it runs or after it ended (they are
-    ``None`` before the workers started).
-    """
-
-    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> None:
-        self.options = make_options(**options)
-        self._fn = fn
-        self._items = items
-        self._call: _Call | None = None
-
-    def results(self) -> Iterator[ItemResult]:
-        for segment in self.segments():
-            yield from segment.items()
-
-    def segments(self) -> Iterator[Segment]:
-        """Results a batch at a time (:class:`~poolrun.results.Segment`: ``start``, ``n``,
-        ``values``, ``errors`` by position), for callers that would otherwise pay for one
-        ``ItemResult`` object per item (the CLI writes a whole batch's lines at once)."""
-        with _OneShot(self._fn, self.options) as supervisor:
-            self._call = _Call(supervisor, self._fn, self._items, self.options)
-            yield from _segments(self._call)
-
-    def report(self) -> Report | None:
-        return self._call.report() if self._call else None
-
-    @property
-    def trace(self) -> Trace | None:
-        return self._call.trace if self._call else None
-
-    @property
-    def batch_size(self) -> int | None:
-        """The size the adaptive sizer gives the next batch."""
-        return self._call.call.sizer.size if self._call else None
-
-    @property
-    def worker_rss(self) -> int | None:
-        """The highest private memory any worker reached so far, in bytes."""
-        if self._call is None:
-            return None
-        return max((w.peak_rss for w in self._call.stats.per_worker.values()), default=0)
+def _one_shot_stream(
+    fn: Callable[[Any], Any], items: Iterable[Any], opts: Options
+) -> Iterator[ItemResult]:
+    with _OneShot(fn, opts) as supervisor:
+        yield from _stream(_Call(supervisor, fn, items, opts))
 
 
 class PoolClosed(RuntimeError):

@@ -45,3 +45,12 @@ def info(message: str, *args: Any) -> None:
 def warning(message: str, *args: Any) -> None:
     if _THRESHOLD <= 30:
         _logger().warning(message, *args)
+
+
+def debug_traceback(message: str) -> None:
+    """The exception being handled, with its traceback, at debug level (quiet by default:
+    the command line prints one line, and this is where the rest goes)."""
+    if _THRESHOLD <= 10:
+        from loguru import logger
+
+        logger.bind(component="poolrun").opt(exception=True, depth=1).debug(message)

@@ -151,6 +151,10 @@ class Trace:
         return {"traceEvents": events, "displayTimeUnit": "ms", "droppedEvents": self.dropped}
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the trace as JSON (a streamed trace is completed in its own file instead)."""
+        if self._stream is not None:
+            self.close()
+            return
         import json  # here, not at import: nothing on a run's path needs it
 
         with open(path, "w") as out:

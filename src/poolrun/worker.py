@@ -331,6 +331,8 @@ class WorkerLoop:
         self.blas_threads = blas_threads
         self.functions: dict[int, tuple[Any, ...]] = {}
         self.pipeline = BatchPipeline()
+        global _serving_slot
+        _serving_slot = self.slot
 
     def serve(self) -> None:
         while True:
@@ -419,3 +421,16 @@ def main(
     loop = WorkerLoop(conn, slot, blas_threads, main_ref)
     loop.slot[SLOT_POS] = IDLE  # started: the supervisor's start-up deadline is met
     loop.serve()
+
+
+# -- items that are many inputs in one ----------------------------------------------------
+
+_serving_slot: memoryview | None = None  # this worker's slot, once its loop serves
+
+
+def restart_item_clock() -> None:
+    """Restart the running item's timeout clock. A function whose item holds many inputs
+    (the command line's byte ranges of a file) calls it before each input, so a per-item
+    ``timeout`` limits each input, not the whole item."""
+    if _serving_slot is not None:
+        _serving_slot[SLOT_STARTED] = time.perf_counter()

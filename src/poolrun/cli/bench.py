@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from . import bench
-from .jsonl import Input, LineTask
-from .options import available_cpus
-from .spec import normalize, resolve
+from .. import bench
+from ..jsonl import Input, LineTask
+from ..options import available_cpus
+from ..spec import normalize, resolve
 
 EXAMPLES = """
 \b

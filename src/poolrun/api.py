@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .backends.base import Backend
+from .monitor import progress_display
 from .options import Options, make_options
-from .progress import Progress
 from .report import Report, Stats
 from .results import ItemResult, Run, RunAborted, Segment
 from .supervisor import FailureBudgetExceeded, Supervisor
@@ -62,15 +62,18 @@ class _Call:
         self.items = items
         self.opts = opts
         self.total = _total(items)
-        self.stats = Stats(backend.name, opts.workers)
-        self.trace = Trace(self.stats.started, with_items=opts.trace_items)
+        self.stats = Stats(backend.name, opts.workers, opts.max_rss)
+        self.trace = Trace(
+            self.stats.started, with_items=opts.trace_items, on_mark=self.stats.timeline.mark
+        )
         # A pool's workers outlive the call: one that ends early must leave them clean.
         self.supervisor = Supervisor(
             backend, fn, opts, self.stats, self.trace, self.total, reset_on_abandon=pooled
         )
-        self.progress = Progress(self.total, opts.progress)
 
     def segments_iter(self) -> Iterator[Segment]:
+        # made here, not in __init__: a live view's thread starts only once the call runs
+        self.progress = progress_display(self.opts.progress, self.total, lambda: self)
         try:
             for segment in self.supervisor.run(self.items):
                 self.progress.update(segment.n, len(segment.errors), self.supervisor.sizer.size)
@@ -175,6 +178,11 @@ class Streaming:
     @property
     def trace(self) -> Trace | None:
         return self._call.trace if self._call else None
+
+    @property
+    def call(self) -> _Call | None:
+        """The call running (supervisor, stats): what a live view or status file reads."""
+        return self._call
 
     @property
     def batch_size(self) -> int | None:

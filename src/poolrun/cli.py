@@ -45,9 +45,9 @@ from .cli_job import (
     _writers,
     checkpoint_path,
 )
+from .cli_watch import job_display, live_option, watch_command
 from .jsonl import Input, InputError, LineCounter, LineTask, read_errors
 from .options import make_options, parse_max_failures
-from .progress import Progress
 from .spec import SpecError, normalize, resolve
 
 SETUP_ERRORS = (SetupError, SpecError, ResumeRefused, InputError, SetupFailed)
@@ -159,7 +159,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--report",
             metavar="FILE",
             help="Write the run's report (throughput, batch sizes, item times, faults, "
-            "memory) as JSON. Example: --report out/report.json",
+            "memory): JSON, or a self-contained page with charts when FILE ends in .html. "
+            "Example: --report out/report.html",
         ),
         click.option(
             "--trace",
@@ -249,6 +250,7 @@ def cli() -> None:
 
 
 cli.add_command(bench_command)
+cli.add_command(watch_command)
 
 
 @cli.command()
@@ -263,6 +265,7 @@ cli.add_command(bench_command)
     "as an uninterrupted run writes them. Refused when the input, SPEC or outputs changed, "
     "and for stdin, stdout or --unordered. Example: --resume",
 )
+@live_option
 @engine_options
 @click.pass_obj
 def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
@@ -309,6 +312,7 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
             options["max_failures"] = max_failures - start.failed  # the budget spans resumes
         out, errors = _writers(targets, start.output_size, start.errors_size)
         progress = not flags["no_progress"]
+        display = job_display(flags, targets.output)
         job = Job(
             task,
             source.lines(start.line),
@@ -316,11 +320,12 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
             out,
             errors,
             guard,
-            Progress(None, progress),
+            display,
             resumable,
             _counter(source, start.offset) if progress else None,
             start.failed,
         )
+        display.follow(lambda: job.stream.call)
         outcome = job.run()
     finally:
         source.close()
@@ -332,6 +337,7 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
 @click.argument("errors_file", metavar="ERRORS", type=click.Path(exists=True, dir_okay=False))
 @click.argument("spec")
 @output_options
+@live_option
 @engine_options
 @click.pass_obj
 def retry(guard: Guard, errors_file: str, spec: str, **flags: Any) -> int:
@@ -353,8 +359,9 @@ def retry(guard: Guard, errors_file: str, spec: str, **flags: Any) -> int:
     if targets.output is not None and _regular(targets.output):
         Path(checkpoint_path(targets.output)).unlink(missing_ok=True)  # not this run's
     out, errors = _writers(targets, 0, 0)
-    progress = Progress(None, not flags["no_progress"])
-    job = Job(task, read_errors(errors_file), options, out, errors, guard, progress)
+    display = job_display(flags, targets.output)
+    job = Job(task, read_errors(errors_file), options, out, errors, guard, display)
+    display.follow(lambda: job.stream.call)
     return _finish(job, job.run(), targets, [])
 
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 
 class Trace:
-    def __init__(self, origin: float, with_items: bool = False) -> None:
+    def __init__(
+        self,
+        origin: float,
+        with_items: bool = False,
+        on_mark: Callable[[int, str, float], None] | None = None,
+    ) -> None:
         self.origin = origin
         self.with_items = with_items
+        self.on_mark = on_mark  # told of each fault marker (the report's timeline keeps them)
         self.events: list[dict[str, Any]] = []
         self._tracks: set[int] = set()
         self.pid = os.getpid()
@@ -91,6 +97,8 @@ class Trace:
                 return
 
     def mark(self, worker: int, name: str, at: float, **args: Any) -> None:
+        if self.on_mark is not None:
+            self.on_mark(worker, name, at)
         self.events.append(
             {
                 "name": name,

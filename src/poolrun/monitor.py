@@ -108,19 +108,22 @@ class Monitor:
             snap = self.snapshots.take()
             if snap is None:
                 continue
-            if self.display is not None and (self.display.started or self._due(snap)):
+            if self.display is not None and (self.display.started or due(snap, self.defer)):
                 self.display.show(snap)
             now = time.monotonic()
             if self.status is not None and now >= self.next_status:
                 self.next_status = now + STATUS_SECONDS
                 self.status.write(snap)
 
-    def _due(self, snap: dict[str, Any]) -> bool:
-        if not self.defer:
-            return True
-        if snap["elapsed_s"] < AUTO_AFTER_SECONDS:
-            return False
-        return snap["eta_s"] is None or snap["eta_s"] >= AUTO_MIN_ETA_SECONDS
+
+def due(snap: dict[str, Any], defer: bool) -> bool:
+    """Should the live view appear now? At once, unless deferred: then once the run has
+    gone on for a while and does not look about to end."""
+    if not defer:
+        return True
+    if snap["elapsed_s"] < AUTO_AFTER_SECONDS:
+        return False
+    return snap["eta_s"] is None or snap["eta_s"] >= AUTO_MIN_ETA_SECONDS
 
 
 def progress_display(

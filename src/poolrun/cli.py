@@ -322,7 +322,7 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
             guard,
             display,
             resumable,
-            _counter(source, start.offset) if progress else None,
+            _counter(source, start.offset) if progress or display.status else None,
             start.failed,
         )
         display.follow(lambda: job.stream.call)

@@ -34,11 +34,12 @@ MARK_LABELS = {
 
 
 def nice_ceiling(value: float) -> float:
-    """The next 1, 2, 2.5 or 5 times a power of ten at or above ``value`` (an axis top)."""
+    """The next round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten)
+    at or above ``value``: an axis top."""
     if value <= 0:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if step * power >= value * 0.999:
             return step * power
     return 10 * power

@@ -73,3 +73,13 @@ def test_watch_exits_when_the_job_is_killed(job_files):
     done = subprocess.run([POOLRUN, "watch", job_files["out"]], capture_output=True, timeout=60)
     assert done.returncode == 1
     assert b"gone without finishing" in done.stderr
+
+
+def test_run_draws_the_live_view_on_its_own_terminal(job_files):
+    args = [POOLRUN, "run", job_files["spec"], job_files["input"], "-o", job_files["out"]]
+    term = Terminal([*args, "-w", "2", "--live"])
+    assert term.read_until(lambda text: "finished in" in text), term.text[-3000:]
+    assert term.finish() == 1  # line 8 failed
+    text = term.text
+    assert "w1 pid" in text and "1,500 / 1,500 items" in text
+    assert "poolrun report" in text  # the summary table still follows the view

@@ -4,6 +4,9 @@ The runs happen in a child process whose stderr is a pseudo-terminal, so the vie
 draws (rich, a few frames a second) and its bytes really travel; this process drains the
 terminal and discards it. Rounds alternate which mode goes first, on one warm ``Pool``, so
 drift in the machine's load falls on both; the result is the median of the per-round ratios.
+On a busy machine that ratio is noisy, so the CPU time of the view's own thread (read from
+/proc by psutil while it runs) is reported too, as a share of the run's wall time: what the
+view takes from the supervisor's process, whatever else the machine is doing.
 
     .venv/bin/python -m benchmarks.live_overhead              # ~2 min
     .venv/bin/python -m benchmarks.live_overhead --rounds 3   # quicker, noisier
@@ -21,6 +24,8 @@ import sys
 import threading
 import time
 
+import psutil
+
 import poolrun
 from benchmarks.workloads import small, tiny
 
@@ -32,6 +37,31 @@ WORKLOADS = {
 }
 
 
+class MonitorCpu:
+    """Samples the CPU time of the "poolrun-monitor" thread while a run goes."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.05):
+            ids = {t.native_id for t in threading.enumerate() if t.name == "poolrun-monitor"}
+            for t in me.threads():
+                if t.id in ids:
+                    self.seconds = t.user_time + t.system_time
+
+    def __enter__(self) -> MonitorCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
     times: dict[str, dict[str, list[float]]] = {}
     with poolrun.Pool(workers=2) as pool:
@@ -39,12 +69,16 @@ def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
             items = range(n)
             for mode in (False, "live"):  # warm: function shipped, rich imported, caches filled
                 pool.map(fn, items, progress=mode)
-            got: dict[str, list[float]] = {"off": [], "live": []}
+            got: dict[str, list[float]] = {"off": [], "live": [], "view_cpu": []}
             for r in range(rounds):
                 for mode in ("off", "live") if r % 2 == 0 else ("live", "off"):
-                    started = time.perf_counter()
-                    pool.map(fn, items, progress="live" if mode == "live" else False)
-                    got[mode].append(time.perf_counter() - started)
+                    with MonitorCpu() as cpu:  # sampling in both modes: the same disturbance
+                        started = time.perf_counter()
+                        pool.map(fn, items, progress="live" if mode == "live" else False)
+                        elapsed = time.perf_counter() - started
+                    got[mode].append(elapsed)
+                    if mode == "live":
+                        got["view_cpu"].append(cpu.seconds / elapsed)
             times[name] = got
     return times
 
@@ -88,13 +122,16 @@ def main() -> None:
         print(json.dumps(measure(args.rounds)))
         return
     times = on_a_terminal(args.rounds)
-    print(f"{'workload':<32} {'off (s)':>9} {'live (s)':>9} {'live/off':>9}")
+    print(f"{'workload':<32} {'off (s)':>9} {'live (s)':>9} {'live/off':>9} {'view CPU':>9}")
     for name, got in times.items():
         ratios = [live / off for live, off in zip(got["live"], got["off"], strict=True)]
         print(
             f"{name:<32} {statistics.median(got['off']):>9.3f} "
-            f"{statistics.median(got['live']):>9.3f} {statistics.median(ratios):>9.3f}"
+            f"{statistics.median(got['live']):>9.3f} {statistics.median(ratios):>9.3f} "
+            f"{100 * statistics.median(got['view_cpu']):>8.2f}%"
         )
+        spread = ", ".join(f"{r:.3f}" for r in sorted(ratios))
+        print(f"{'':<32} per-round live/off: {spread}")
 
 
 if __name__ == "__main__":

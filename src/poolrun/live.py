@@ -16,7 +16,6 @@ from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -84,55 +83,63 @@ def _pace(snap: dict[str, Any]) -> Text:
     return line
 
 
-def _summary(snap: dict[str, Any]) -> Table:
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
-    grid.add_row("rate", _pace(snap))
+def _summary(snap: dict[str, Any]) -> Text:
+    """Labelled lines as one Text: a table here would double the cost of a frame."""
     rates = snap["rates"]
     peak = f"  peak {count(max(rates))}/s" if rates else ""
-    grid.add_row("throughput", Text(sparkline(rates), "cyan") + Text(f"  last minute{peak}"))
-    grid.add_row("batch size", Text(f"{count(snap['batch_size'])}  ({snap['reason']})"))
     faults = snap["faults"]
     shown = [
         Text(f"{faults.get(k, 0)} {name}", "red" if faults.get(k) else "") for k, name in FAULTS
     ]
-    grid.add_row("faults", Text(" · ").join(shown))
-    return grid
+    rows = [
+        ("rate", _pace(snap)),
+        ("throughput", Text(sparkline(rates), "cyan") + Text(f"  last minute{peak}")),
+        ("batch size", Text(f"{count(snap['batch_size'])}  ({snap['reason']})")),
+        ("faults", Text(" · ").join(shown)),
+    ]
+    return Text("\n").join(Text.assemble((f"{label:<11}", "bold"), value) for label, value in rows)
 
 
-def _workers(snap: dict[str, Any]) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
-    for name, justify in (
-        ("worker", "left"),
-        ("state", "left"),
-        ("batch", "left"),
-        ("items", "right"),
-        ("busy", "right"),
-        ("RSS", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+def _batch(w: dict[str, Any]) -> str:
+    if w["batch"] is None:
+        return "-"
+    items = w["batch_items"]
+    text = f"#{w['batch']} ({items} item{'' if items == 1 else 's'})"
+    return text + (f" +{w['queued']} queued" if w["queued"] else "")
+
+
+def _workers(snap: dict[str, Any]) -> Text:
+    """One row per worker, columns padded by hand: a rich Table would measure every cell
+    of every frame, most of a frame's cost."""
     limit = snap["max_rss"]
-    for w in snap["workers"]:
-        batch = "-"
-        if w["batch"] is not None:
-            items = w["batch_items"]
-            batch = f"#{w['batch']} ({items} item{'' if items == 1 else 's'})"
-            if w["queued"]:
-                batch += f" +{w['queued']} queued"
-        rss = Text(size(w["rss"]))
-        if limit:
-            rss = bar((w["rss"] or 0) / limit) + Text(f" {size(w['rss'])} / {size(limit)}")
-        state_style = {"busy": "green", "idle": "grey50", "recycling": "yellow"}[w["state"]]
-        table.add_row(
+    cells = [
+        (
             f"{w['name'] or 'new'} {w['label']}",
-            Text(w["state"], state_style),
-            batch,
+            w["state"],
+            _batch(w),
             count(w["items"]),
             f"{w['busy_pct']:.0f} %",
-            rss,
+            w["rss"],
         )
-    return table
+        for w in snap["workers"]
+    ]
+    heads = ("worker", "state", "batch", "items", "busy")
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    head = "  ".join(
+        h.rjust(n) if i >= 3 else h.ljust(n)
+        for i, (h, n) in enumerate(zip(heads, widths, strict=True))
+    )
+    lines = [Text(head + "  RSS", "bold")]
+    styles = {"busy": "green", "idle": "grey50", "recycling": "yellow"}
+    for name, state, batch, items, busy, rss in cells:
+        line = Text(f"{name:<{widths[0]}}  ") + Text(f"{state:<{widths[1]}}", styles[state])
+        line += Text(f"  {batch:<{widths[2]}}  {items:>{widths[3]}}  {busy:>{widths[4]}}  ")
+        if limit:
+            line += bar((rss or 0) / limit) + Text(f" {size(rss)} / {size(limit)}")
+        else:
+            line += Text(size(rss))
+        lines.append(line)
+    return Text("\n").join(lines)
 
 
 def render(snap: dict[str, Any]) -> RenderableType:

@@ -45,7 +45,7 @@ def bar(fraction: float, width: int = BAR_WIDTH, style: str | None = None) -> Te
     filled = round(fraction * width)
     if style is None:
         style = "red" if fraction >= 0.9 else "yellow" if fraction >= 0.75 else "green"
-    return Text("█" * filled, style=style) + Text("░" * (width - filled), style="grey50")
+    return Text.assemble(("█" * filled, style), ("░" * (width - filled), "grey50"))
 
 
 def count(n: float) -> str:

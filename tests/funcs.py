@@ -110,3 +110,18 @@ def flaky_until_third(counter_dir):
         return x
 
     return fn
+
+
+def troubled(crash_at, hang_at):
+    """Every fault the HTML report marks, in one run: leaks 2 MB an item (recycled under a
+    ``max_rss``), segfaults on ``crash_at``, hangs on ``hang_at`` (a ``timeout``)."""
+
+    def fn(x):
+        _LEAK.append(os.urandom(2 * 1024 * 1024))
+        if x == crash_at:
+            ctypes.string_at(0)
+        if x == hang_at:
+            time.sleep(3600)
+        return x
+
+    return fn

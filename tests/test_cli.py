@@ -481,8 +481,9 @@ def test_progress_bar_on_a_terminal(work, tmp_path) -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
+    args = [POOLRUN, "run", spec(work), str(work / "big.jsonl"), "-o", str(tmp_path / "o.jsonl")]
     done = subprocess.run(
-        [POOLRUN, "run", spec(work), str(work / "big.jsonl"), "-o", str(tmp_path / "o.jsonl")],
+        [*args, "--no-live"],  # the tqdm bar; by default a terminal gets the live view
         stderr=slave,
         timeout=60,
     )

@@ -81,13 +81,17 @@ class _Call:
         self.supervisor = supervisor
         self.opts = opts
         self.total = _total(items)
-        self.stats = Stats(backend.name, opts.workers)
+        self.stats = Stats(backend.name, opts.workers, opts.max_rss)
         self.stats.start_method = f"{backend.start_method} ({backend.start_reason})"
-        self.trace = Trace(self.stats.started, with_items=opts.trace_items)
+        self.trace = Trace(
+            self.stats.started, with_items=opts.trace_items, on_mark=self.stats.timeline.mark
+        )
         self.call = supervisor.open(fn, items, opts, self.stats, self.trace, self.total)
-        self.progress = Progress(self.total, opts.progress)
+        self.progress: Any = None
 
     def segments_iter(self) -> Iterator[Segment]:
+        # made here, not in __init__: a live view's thread starts only once the call runs
+        self.progress = _display(self.opts.progress, self.total, self)
         try:
             for segment in self.supervisor.segments(self.call):
                 self.progress.update(segment.n, len(segment.errors), self.call.sizer.size)
@@ -113,6 +117,16 @@ class _Call:
         for segment in self.call.unreleased_done():
             kept.add(segment)
         return RunAborted(str(exc), self.run(kept))
+
+
+def _display(mode: bool | str, total: int | None, call: _Call) -> Any:
+    """The progress output: none, a bar or line, or the live view (see ``poolrun.monitor``,
+    imported only when asked for: it brings rich and psutil)."""
+    if not mode:
+        return Progress(total, False)
+    from .monitor import progress_display
+
+    return progress_display(mode, total, lambda: call)
 
 
 def _collect(call: _Call) -> Run:

@@ -54,6 +54,20 @@ class BatchSizer:
         self.per_item_bytes = 0.0
         self.last_rss = 0
         self.last_n = 0
+        # Why the size is what it is, for the live view; set where each rule decides, from
+        # strings made once here so that deciding costs one store and no formatting.
+        self._why = {
+            "fixed": f"fixed: batch_size={fixed}",
+            "start": "start: 1 item, then measure",
+            "time": f"time: aiming at {target_seconds * 1e3:g} ms a batch",
+            "first": "time: sized from the first measured item",
+            "growth": f"growth: at most {GROWTH_CAP:g}x a step",
+            "largest": f"largest: max_batch_size={self.max_size}",
+            "memory": "memory: within half the RSS headroom",
+            "near-limit": "memory: peak near max_rss, halved",
+            "balance": "balance: a fair share of the items left",
+        }
+        self.reason = self._why["fixed" if fixed else "start"]
 
     def next_size(self, remaining: int | None = None) -> int:
         """Size for the next batch; ``remaining`` is the count of items not yet dispatched."""
@@ -62,7 +76,9 @@ class BatchSizer:
             size = min(size, remaining)
             if self.fixed is None:
                 fair_share = math.ceil(remaining / (2 * self.workers))
-                size = min(size, max(1, fair_share))
+                if fair_share < size:
+                    size = max(1, fair_share)
+                    self.reason = self._why["balance"]
         return max(1, size)
 
     def observe(self, n: int, busy_seconds: float, rss_start: int = 0, rss_peak: int = 0) -> None:
@@ -79,8 +95,15 @@ class BatchSizer:
         self.last_n = n
         wanted = self._first_size() if first else self._time_size(n)
         if self.max_rss:
-            wanted = min(wanted, self._memory_size(n, rss_start, rss_peak))
-        self.size = max(1, min(self.max_size, wanted))
+            by_memory = self._memory_size(n, rss_start, rss_peak)
+            if by_memory < wanted:
+                wanted = by_memory
+                near = rss_peak >= SOFT_RSS_FRACTION * self.max_rss
+                self.reason = self._why["near-limit" if near else "memory"]
+        if wanted > self.max_size:
+            wanted = self.max_size
+            self.reason = self._why["largest"]
+        self.size = max(1, wanted)
 
     def must_recycle(self, rss_start: int, rss_peak: int) -> bool:
         """True when a worker's memory says it should be replaced before its next batch."""
@@ -92,6 +115,7 @@ class BatchSizer:
         )
 
     def _first_size(self) -> int:
+        self.reason = self._why["first"]
         if not self.per_item_seconds or self.per_item_seconds < 1e-12:
             return self.max_size
         return max(1, min(self.max_size, round(self.target_seconds / self.per_item_seconds)))
@@ -99,8 +123,11 @@ class BatchSizer:
     def _time_size(self, n: int) -> int:
         grown = max(1, int(max(self.size, n) * GROWTH_CAP))
         if not self.per_item_seconds or self.per_item_seconds < 1e-12:
+            self.reason = self._why["growth"]
             return grown
-        return min(grown, max(1, int(self.target_seconds / self.per_item_seconds)))
+        by_time = max(1, int(self.target_seconds / self.per_item_seconds))
+        self.reason = self._why["growth" if grown < by_time else "time"]
+        return min(grown, by_time)
 
     def _memory_size(self, n: int, rss_start: int, rss_peak: int) -> int:
         assert self.max_rss

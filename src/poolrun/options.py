@@ -124,7 +124,7 @@ class Options:
     ordered: bool = True
     start_method: str = "auto"
     start_timeout: float = 60.0
-    progress: bool = False
+    progress: bool | str = False  # True/"auto", "live", "bar" or False: see monitor.py
     backend: str = "local"
     scheduler: str | None = None
     max_failures: int | float | None = None
@@ -196,7 +196,10 @@ def _validated(o: Options) -> Options:
     _check_int("inflight", o.inflight, minimum=1)
     _check_positive("target_batch_seconds", o.target_batch_seconds)
     _check_int("max_batch_size", o.max_batch_size, minimum=1)
-    for flag in ("ordered", "progress", "trace_items"):
+    if not (isinstance(o.progress, bool) or o.progress in ("auto", "live", "bar")):
+        kind = ValueError if isinstance(o.progress, str) else TypeError
+        raise kind(f"progress must be True, False, 'auto', 'live' or 'bar', not {o.progress!r}")
+    for flag in ("ordered", "trace_items"):
         if not isinstance(getattr(o, flag), bool):
             raise TypeError(f"{flag} must be True or False, not {getattr(o, flag)!r}")
     return o

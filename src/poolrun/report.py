@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from .timeline import Timeline
 from .worker import Uniform
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -73,6 +74,18 @@ class LatencyHistogram:
         centre = _LOW_EXP + (idx - 0.5) / _BINS_PER_DECADE
         return 10.0**centre
 
+    def buckets(self) -> list[list[float]]:
+        """``[low, high, count]`` (seconds) of each bin that holds items, for a histogram."""
+        return [
+            [
+                float(f"{10.0 ** (_LOW_EXP + (idx - 1) / _BINS_PER_DECADE):.4g}"),
+                float(f"{10.0 ** (_LOW_EXP + idx / _BINS_PER_DECADE):.4g}"),
+                count,
+            ]
+            for idx, count in enumerate(self.counts)
+            if count
+        ]
+
 
 @dataclass
 class SizeStats:
@@ -100,7 +113,7 @@ class WorkerFigures:
 class Stats:
     """Mutable tallies the supervisor updates as batches finish and faults happen."""
 
-    def __init__(self, backend: str, workers: int) -> None:
+    def __init__(self, backend: str, workers: int, max_rss: int | None = None) -> None:
         self.backend = backend
         self.workers = workers
         self.start_method = ""
@@ -122,6 +135,7 @@ class Stats:
             "splits": 0,
         }
         self.sizes = SizeStats()
+        self.timeline = Timeline(self.started, workers, max_rss)
 
     def worker(self, worker: int) -> WorkerFigures:
         found = self.per_worker.get(worker)
@@ -136,10 +150,12 @@ class Stats:
         figures.items += len(durations)
         figures.batches += 1
         self.latency.add(durations)
+        self.timeline.batch(worker, len(durations), busy)
 
     def rss_seen(self, worker: int, rss: int) -> None:
         figures = self.worker(worker)
         figures.peak_rss = max(figures.peak_rss, rss)
+        self.timeline.rss(worker, rss)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -180,6 +196,9 @@ class Report:
     splits: int = 0
     trace_events_dropped: int = 0  # the in-memory trace keeps only the most recent events
     notes: list[str] = field(default_factory=list)
+    # drawn by the HTML report, not shown in the text table (see poolrun.timeline)
+    timeline: dict[str, Any] = field(default_factory=dict)
+    latency_histogram: list[list[float]] = field(default_factory=list)
 
     @classmethod
     def from_stats(cls, s: Stats) -> Report:
@@ -208,6 +227,8 @@ class Report:
             memory_kills=s.counters["memory_kills"],
             recycled=s.counters["recycled"],
             splits=s.counters["splits"],
+            timeline=s.timeline.to_dict(s.ended or time.perf_counter()),
+            latency_histogram=s.latency.buckets(),
         )
         report.notes = _notes(s)
         return report
@@ -216,6 +237,13 @@ class Report:
         return asdict(self)
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """JSON, or a self-contained HTML page with charts when ``path`` ends in .html."""
+        if str(path).lower().endswith((".html", ".htm")):
+            from .html_report import report_page
+
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(report_page(self))
+            return
         import json  # here, not at import: nothing on a run's path needs it
 
         with open(path, "w") as out:

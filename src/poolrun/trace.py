@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -27,9 +27,15 @@ MAX_EVENTS = 20_000  # ~10 MB of events: the last few minutes of a busy run
 
 
 class Trace:
-    def __init__(self, origin: float, with_items: bool = False) -> None:
+    def __init__(
+        self,
+        origin: float,
+        with_items: bool = False,
+        on_mark: Callable[[int, str, float], None] | None = None,
+    ) -> None:
         self.origin = origin
         self.with_items = with_items
+        self.on_mark = on_mark  # told of each fault marker (the report's timeline keeps them)
         self.events: deque[dict[str, Any]] = deque()
         self.max_events = MAX_EVENTS
         self.dropped = 0
@@ -133,6 +139,8 @@ class Trace:
                 return
 
     def mark(self, worker: int, name: str, at: float, **args: Any) -> None:
+        if self.on_mark is not None:
+            self.on_mark(worker, name, at)
         self._add(
             {
                 "name": name,

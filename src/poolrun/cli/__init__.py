@@ -32,6 +32,7 @@ from .job import Guard, Interrupted
 from .resume import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SetupError
 from .retry import retry
 from .run import run
+from .watch import watch_command
 
 SETUP_ERRORS = (SetupError, SpecError, ResumeRefused, InputError, SetupFailed)
 
@@ -56,6 +57,7 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(retry)
 cli.add_command(bench_command)
+cli.add_command(watch_command)
 
 
 def main(argv: list[str] | None = None) -> None:

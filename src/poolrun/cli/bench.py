@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .. import bench
+from ..html_report import bench_page
 from ..jsonl import Input, LineTask
 from ..options import available_cpus
 from ..spec import normalize, resolve
@@ -23,6 +24,7 @@ Examples:
   poolrun bench examples/transform.py:transform examples/records.jsonl
   poolrun bench mypkg.mod:fn big.jsonl.gz --sizes 1,16,256,auto --workers 1,2,4 --limit 20000
   poolrun bench mypkg.mod:fn big.jsonl --out bench.json --plot bench.png
+  poolrun bench mypkg.mod:fn big.jsonl --html bench.html
 """
 
 
@@ -98,6 +100,13 @@ def sample(path: str, limit: int) -> list[bytes]:
     help="Draw items/s and peak worker RSS against batch size (needs matplotlib: "
     "pip install 'poolrun[plot]'). Example: --plot b.png",
 )
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the sweep, its charts and the recommendation as one self-contained HTML "
+    "page. Example: --html b.html",
+)
 def bench_command(
     spec: str,
     input: str,
@@ -107,6 +116,7 @@ def bench_command(
     repeat: int,
     out: str | None,
     plot: str | None,
+    html: str | None,
 ) -> int:
     """Find the batch size (and worker count) that runs SPEC fastest on a sample of INPUT.
 
@@ -125,6 +135,10 @@ def bench_command(
     click.echo(bench.render(rows, best))
     if out:
         bench.save(rows, best, out)
+    if html:
+        source = f"{spec} over {len(lines)} lines of {input}, fastest of {repeat} runs"
+        Path(html).write_text(bench_page(rows, best, source), encoding="utf-8")
+        click.echo(f"page written to {Path(html)}", err=True)
     if plot:
         try:
             bench.plot(rows, plot)

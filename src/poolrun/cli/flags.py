@@ -131,7 +131,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--report",
             metavar="FILE",
             help="Write the run's report (throughput, batch sizes, item times, faults, "
-            "memory) as JSON. Example: --report out/report.json",
+            "memory): JSON, or a self-contained page with charts when FILE ends in .html. "
+            "Example: --report out/report.html",
         ),
         click.option(
             "--trace",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..jsonl import LineCounter, LineWriter
-from ..progress import Progress
+from ..monitor import Monitor
 from ..results import RunAborted, Segment
 from .feeds import Feed
 from .resume import EXIT_INTERRUPTED, Resumable
@@ -127,7 +127,7 @@ class Job:
         out: LineWriter,
         errors: LineWriter,
         guard: Guard,
-        progress: Progress,
+        progress: Monitor,
         resumable: Resumable | None = None,
         counter: LineCounter | None = None,
         failed: int = 0,
@@ -146,6 +146,7 @@ class Job:
         self.failed = failed
         self.done = 0
         self.shown = (0, failed)
+        self.threads_started = False  # the line counter's and the monitor's
         self.next_tick = 0.0
 
     def run(self) -> Outcome:
@@ -183,8 +184,11 @@ class Job:
             self._save()
 
     def _show_progress(self) -> None:
-        if self.counter is not None and self.counter.ident is None:
-            self.counter.start()  # the workers have started: a thread is safe now
+        if not self.threads_started:  # the workers have started: threads are safe now
+            self.threads_started = True
+            if self.counter is not None:
+                self.counter.start()
+            self.progress.follow(lambda: self.stream.call, lambda: (self.done, self.failed))
         if self.counter is not None and self.counter.total is not None:
             self.progress.total = self.counter.total
             if self.progress.bar is not None:

@@ -8,19 +8,20 @@ from typing import Any
 import click
 
 from ..jsonl import LineTask, read_errors
-from ..progress import Progress
 from ..spec import normalize, resolve
 from .feeds import LineFeed
 from .flags import engine_kwargs, engine_options, output_options, parse_flag_max_failures
 from .job import Guard, Job
 from .resume import Targets, check_paths, checkpoint_path, regular, writers
 from .summary import finish
+from .watch import job_display, live_option
 
 
 @click.command()
 @click.argument("errors_file", metavar="ERRORS", type=click.Path(exists=True, dir_okay=False))
 @click.argument("spec")
 @output_options
+@live_option
 @engine_options
 @click.pass_obj
 def retry(guard: Guard, errors_file: str, spec: str, **flags: Any) -> int:
@@ -43,7 +44,7 @@ def retry(guard: Guard, errors_file: str, spec: str, **flags: Any) -> int:
     if targets.output is not None and regular(targets.output):
         Path(checkpoint_path(targets.output)).unlink(missing_ok=True)  # not this run's
     out, errors = writers(targets, 0, 0)
-    progress = Progress(None, not flags["no_progress"])
     feed = LineFeed(task, read_errors(errors_file))
-    job = Job(feed, options, out, errors, guard, progress, trace_path=targets.trace)
+    display = job_display(flags, targets.output)
+    job = Job(feed, options, out, errors, guard, display, trace_path=targets.trace)
     return finish(job, job.run(), targets, [])

@@ -16,7 +16,6 @@ from ..batching import BatchSizer
 from ..checkpoint import Mark
 from ..jsonl import Input, LineCounter, LineTask
 from ..options import make_options
-from ..progress import Progress
 from ..spec import normalize, resolve
 from .fallback import LinePool
 from .feeds import FIRST_RANGE_BYTES, MAX_RANGE_BYTES, Feed, LineFeed, RangeFeed
@@ -31,6 +30,7 @@ from .resume import (
     writers,
 )
 from .summary import finish
+from .watch import job_display, live_option
 
 
 @click.command()
@@ -45,6 +45,7 @@ from .summary import finish
     "as an uninterrupted run writes them. Refused when the input, SPEC or outputs changed, "
     "and for stdin, stdout or --unordered. Example: --resume",
 )
+@live_option
 @engine_options
 @click.pass_obj
 def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
@@ -104,16 +105,16 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
         else:
             feed = LineFeed(task, source.lines(start.line))
         out, errors = writers(targets, start.output_size, start.errors_size)
-        progress = not flags["no_progress"]
+        display = job_display(flags, targets.output)
         job = Job(
             feed,
             options,
             out,
             errors,
             guard,
-            Progress(None, progress),
+            display,
             resumed,
-            _counter(source, start.offset) if progress else None,
+            _counter(source, start.offset) if display.shows_progress else None,
             start.failed,
             budget,
             targets.trace,

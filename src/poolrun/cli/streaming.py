@@ -53,6 +53,11 @@ class Streaming:
         return self._call.trace if self._call else None
 
     @property
+    def call(self) -> _Call | None:
+        """The call running (supervisor, stats): what a live view or status file reads."""
+        return self._call
+
+    @property
     def batch_size(self) -> int | None:
         """The size the adaptive sizer gives the next batch."""
         return self._call.call.sizer.size if self._call else None

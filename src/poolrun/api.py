@@ -18,14 +18,16 @@ from .backends.base import Backend
 from .calls import FailureBudgetExceeded
 from .options import Options, make_options
 from .progress import Progress
-from .report import Report, Stats
 from .results import Columns, ItemResult, Run, RunAborted, Segment
+from .stats import Stats
 from .supervisor import Supervisor
 from .trace import Trace
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
+
+    from .report import Report
 
 POOL_LEVEL = (
     "workers",
@@ -111,7 +113,7 @@ class _Call:
         return report
 
     def run(self, kept: Columns) -> Run:
-        return Run(kept, self.report(), self.trace)
+        return Run(kept, self.report, self.trace)  # the report is made when first read
 
     def aborted(self, exc: FailureBudgetExceeded, kept: Columns) -> RunAborted:
         for segment in self.call.unreleased_done():

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from . import worker
 from .batching import BatchSizer
 from .faults import ALONE, FAIL, FaultPolicy
 from .options import Options
-from .report import Stats
 from .results import ItemError, Segment
+from .stats import Stats
 from .trace import Trace
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -39,16 +37,22 @@ class FailureBudgetExceeded(Exception):
     """Internal: ``max_failures`` was passed; the API turns it into ``RunAborted``."""
 
 
-@dataclass(slots=True, eq=False)
 class Batch:
     """Items sent together to one worker, and where each one's result belongs."""
 
-    id: int
-    call: Call
-    parts: list[tuple[Segment, Sequence[int]]]
-    items: list[Any]
-    fresh: bool = False
-    idle_deaths: int = 0
+    __slots__ = ("call", "fresh", "id", "idle_deaths", "items", "parts")
+
+    def __init__(
+        self,
+        id: int,
+        call: Call,
+        parts: list[tuple[Segment, Sequence[int]]],
+        items: list[Any],
+        fresh: bool = False,
+    ) -> None:
+        self.id, self.call, self.parts, self.items = id, call, parts, items
+        self.fresh = fresh
+        self.idle_deaths = 0  # times its worker died before or after running it
 
     def refs(self) -> Iterator[tuple[Segment, int]]:
         for segment, positions in self.parts:
@@ -282,6 +286,8 @@ class Call:
     # -- faults ------------------------------------------------------------------------
 
     def schedule_retry(self, segment: Segment, pos: int, item: Any) -> None:
+        import random  # only retries need it
+
         extra = segment.override(pos)
         extra.attempts += 1
         self.stats.count("retries")

@@ -1,168 +1,24 @@
 """The throughput report: what a run did and where the time went.
 
-Numbers are gathered by :class:`Stats` while the run goes (cheaply: one update per batch;
-item times go into a log-spaced histogram so a run of a billion items costs the same memory
-as a run of ten) and frozen into a :class:`Report` at the end.
+Numbers are gathered by :class:`~poolrun.stats.Stats` while the run goes and frozen into a
+:class:`Report` at the end: a table (``print``), JSON, or an HTML page with charts.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .timeline import Timeline
-from .worker import Uniform
+from .stats import LatencyHistogram, SizeStats, Stats, WorkerFigures
+
+__all__ = ["LatencyHistogram", "Report", "SizeStats", "Stats", "WorkerFigures", "render_table"]
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-_BINS_PER_DECADE = 50
-_LOW_EXP = -8  # 10 ns
-_HIGH_EXP = 5  # ~28 hours
-_NBINS = (_HIGH_EXP - _LOW_EXP) * _BINS_PER_DECADE + 2
 FINE_GRAINED_SECONDS = 5e-6
-
-
-_FLOOR = 10.0**_LOW_EXP
-
-
-def _bin(seconds: float) -> int:
-    exponent = math.log10(max(seconds, _FLOOR))
-    return min(int((exponent - _LOW_EXP) * _BINS_PER_DECADE) + 1, _NBINS - 1)
-
-
-class LatencyHistogram:
-    """Item durations in log-spaced bins (2% wide): exact enough for p50/p95/p99.
-
-    Plain Python on purpose: numpy would cost the supervisor ~80 ms of import on a run's
-    first batch, more than many whole runs take. One ``log10`` per timed item is cheap next
-    to the item itself (items under ~2 µs arrive as a :class:`Uniform`, one bin for all).
-    """
-
-    def __init__(self) -> None:
-        self.counts = [0] * _NBINS
-        self.total = 0.0
-        self.n = 0
-
-    def add(self, durations: Sequence[float]) -> None:
-        if not len(durations):
-            return
-        counts = self.counts
-        if isinstance(durations, Uniform):  # one value, n times: one bin
-            self.total += durations.value * durations.n
-            self.n += durations.n
-            counts[_bin(durations.value)] += durations.n
-            return
-        self.total += math.fsum(durations)
-        self.n += len(durations)
-        for index in map(_bin, durations):
-            counts[index] += 1
-
-    def percentile(self, q: float) -> float | None:
-        if self.n == 0:
-            return None
-        rank = max(math.ceil(q / 100.0 * self.n), 1)
-        seen, idx = 0, 0
-        while seen < rank:
-            seen += self.counts[idx]
-            idx += 1
-        idx -= 1
-        centre = _LOW_EXP + (idx - 0.5) / _BINS_PER_DECADE
-        return 10.0**centre
-
-    def buckets(self) -> list[list[float]]:
-        """``[low, high, count]`` (seconds) of each bin that holds items, for a histogram."""
-        return [
-            [
-                float(f"{10.0 ** (_LOW_EXP + (idx - 1) / _BINS_PER_DECADE):.4g}"),
-                float(f"{10.0 ** (_LOW_EXP + idx / _BINS_PER_DECADE):.4g}"),
-                count,
-            ]
-            for idx, count in enumerate(self.counts)
-            if count
-        ]
-
-
-@dataclass
-class SizeStats:
-    first: int | None = None
-    last: int | None = None
-    min: int | None = None
-    max: int | None = None
-
-    def record(self, size: int) -> None:
-        if self.first is None:
-            self.first = size
-        self.last = size
-        self.min = size if self.min is None else min(self.min, size)
-        self.max = size if self.max is None else max(self.max, size)
-
-
-@dataclass
-class WorkerFigures:
-    busy_s: float = 0.0
-    items: int = 0
-    batches: int = 0
-    peak_rss: int = 0
-
-
-class Stats:
-    """Mutable tallies the supervisor updates as batches finish and faults happen."""
-
-    def __init__(self, backend: str, workers: int, max_rss: int | None = None) -> None:
-        self.backend = backend
-        self.workers = workers
-        self.start_method = ""
-        self.started = time.perf_counter()
-        self.ended: float | None = None
-        self.items = 0
-        self.failed = 0
-        self.batches = 0
-        self.latency = LatencyHistogram()
-        self.per_worker: dict[int, WorkerFigures] = {}
-        self.worker_names: dict[int, str] = {}
-        self.counters = {
-            "worker_deaths": 0,
-            "restarts": 0,
-            "timeouts": 0,
-            "retries": 0,
-            "memory_kills": 0,
-            "recycled": 0,
-            "splits": 0,
-        }
-        self.sizes = SizeStats()
-        self.timeline = Timeline(self.started, workers, max_rss)
-
-    def worker(self, worker: int) -> WorkerFigures:
-        found = self.per_worker.get(worker)
-        if found is None:
-            found = self.per_worker[worker] = WorkerFigures()
-        return found
-
-    def batch_done(self, worker: int, durations: Sequence[float], busy: float) -> None:
-        self.batches += 1
-        figures = self.worker(worker)
-        figures.busy_s += busy
-        figures.items += len(durations)
-        figures.batches += 1
-        self.latency.add(durations)
-        self.timeline.batch(worker, len(durations), busy)
-
-    def rss_seen(self, worker: int, rss: int) -> None:
-        figures = self.worker(worker)
-        figures.peak_rss = max(figures.peak_rss, rss)
-        self.timeline.rss(worker, rss)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] += n
-
-    def finish(self) -> Report:
-        self.ended = self.ended or time.perf_counter()
-        return Report.from_stats(self)
 
 
 def _pct(x: float) -> float:
@@ -215,7 +71,7 @@ class Report:
             items_per_s=round(s.items / wall, 1),
             workers=s.workers,
             batches=s.batches,
-            batch_size=asdict(s.sizes),
+            batch_size=s.sizes.to_dict(),
             busy_pct={names[w]: _pct(f.busy_s / wall) for w, f in s.per_worker.items()},
             overhead_pct=_pct(max(0.0, 1.0 - in_fn / (s.workers * wall))) if s.items else 0.0,
             item_time_s={f"p{q}": s.latency.percentile(q) for q in (50, 95, 99)},

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -21,35 +21,37 @@ if TYPE_CHECKING:
     from .trace import Trace
 
 
-@dataclass(frozen=True, slots=True)
-class ItemError:
-    """Why one item failed.
+# ItemError and ItemResult are named tuples: immutable records with the fields below, a
+# readable repr and value equality, which is what a frozen dataclass would give, at a small
+# fraction of its cost on the first call's import path (the dataclasses module and one
+# generated class each cost ~10 ms there).
 
-    ``cause`` says what kind of failure it was: ``"exception"`` (the function raised),
-    ``"timeout"``, ``"memory-limit"``, ``"worker-died: SIGSEGV"`` (or ``"worker-died: exit 3"``).
-    """
 
-    type: str
-    message: str
-    traceback: str = ""
-    cause: str = "exception"
+class ItemError(
+    namedtuple("ItemError", "type message traceback cause", defaults=("", "exception"))
+):
+    """Why one item failed: ``type``, ``message``, ``traceback`` and ``cause``, which says
+    what kind of failure it was: ``"exception"`` (the function raised), ``"timeout"``,
+    ``"memory-limit"``, ``"worker-died: SIGSEGV"`` (or ``"worker-died: exit 3"``)."""
+
+    __slots__ = ()
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
 
 
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """The outcome of one input item: a value or an error, and where and how it ran."""
+class ItemResult(
+    namedtuple(
+        "ItemResult",
+        "index ok value error attempts worker batch duration",
+        defaults=(None, None, 1, None, None, 0.0),
+    )
+):
+    """The outcome of one input item: ``index``, ``ok``, ``value`` or ``error``
+    (:class:`ItemError`), ``attempts``, ``worker`` (pid), ``batch`` (id) and ``duration``
+    (seconds inside the function)."""
 
-    index: int
-    ok: bool
-    value: Any = None
-    error: ItemError | None = None
-    attempts: int = 1
-    worker: int | None = None
-    batch: int | None = None
-    duration: float = 0.0
+    __slots__ = ()
 
 
 class ItemsFailed(Exception):
@@ -72,14 +74,16 @@ class RunAborted(Exception):
         self.run = run
 
 
-@dataclass(slots=True)
 class _Override:
     """Per-item facts that differ from the segment's defaults (set when an item was re-run)."""
 
-    attempts: int = 1
-    worker: int | None = None
-    batch: int | None = None
-    deaths: int = 0
+    __slots__ = ("attempts", "batch", "deaths", "worker")
+
+    def __init__(self, worker: int | None = None, batch: int | None = None) -> None:
+        self.attempts = 1
+        self.worker = worker
+        self.batch = batch
+        self.deaths = 0
 
 
 class Segment:
@@ -275,7 +279,10 @@ class Run:
     """The outcome of ``map``: every item's result in input order, a report and a trace."""
 
     def __init__(
-        self, segments: Columns | Iterable[Segment], report: Report, trace: Trace
+        self,
+        segments: Columns | Iterable[Segment],
+        report: Report | Callable[[], Report],
+        trace: Trace,
     ) -> None:
         if not isinstance(segments, Columns):
             columns = Columns()
@@ -283,9 +290,17 @@ class Run:
                 columns.add(segment)
             segments = columns
         self._columns = segments.finish()
-        self.report = report
+        self._report = report
         self.trace = trace
         self._results: list[ItemResult] | None = None
+
+    @property
+    def report(self) -> Report:
+        """The run's :class:`~poolrun.report.Report` (made on first use: a one-off script
+        that only wants the values does not pay for it)."""
+        if callable(self._report):
+            self._report = self._report()
+        return self._report
 
     def __len__(self) -> int:
         return len(self._columns)

@@ -61,8 +61,8 @@ from .backends.base import (
 from .calls import Batch, Call
 from .faults import FaultPolicy
 from .options import Options
-from .report import Stats
 from .results import Segment
+from .stats import Stats
 from .trace import Trace
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call

@@ -29,7 +29,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from array import array
 from collections.abc import Callable, Sequence
 
@@ -62,6 +61,7 @@ def dumps(message: Any) -> bytes:
 
 def describe_exception(exc: BaseException, skip_frames: int = 1) -> tuple[str, str, str]:
     """(type, message, traceback) with poolrun's own frames cut, so it points at user code."""
+    import traceback  # only failures need it
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:

@@ -28,7 +28,6 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from .. import log, worker
 from ..options import available_cpus
@@ -64,17 +63,28 @@ def _kill_leftovers() -> None:
         backend.close(wait=False)
 
 
-@dataclass(eq=False)
 class _Worker:
-    process: Any  # a multiprocessing.Process, or a ForkedWorker
-    conn: Any
-    slot: memoryview
-    channel: Channel
-    inherits: bool = False  # forked from a template that holds the call's function
-    fn_ids: set[int] = field(default_factory=set)
-    kill_cause: str | None = None
-    slot_map: Any = None  # keeps a template worker's slot mapping alive
-    memory: Any = None  # its PrivateMemory gauge, made when max_rss first needs it
+    """One worker as the backend sees it: its process, pipe, slot and what it was sent."""
+
+    __slots__ = (
+        "channel", "conn", "fn_ids", "inherits", "kill_cause", "memory", "process", "slot",
+        "slot_map",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        process: Any,  # a multiprocessing.Process, or a ForkedWorker
+        conn: Any,
+        slot: memoryview,
+        channel: Channel,
+        inherits: bool = False,  # forked from a template holding the call's function
+        slot_map: Any = None,  # keeps a template worker's slot mapping alive
+    ) -> None:
+        self.process, self.conn, self.slot, self.channel = process, conn, slot, channel
+        self.inherits, self.slot_map = inherits, slot_map
+        self.fn_ids: set[int] = set()
+        self.kill_cause: str | None = None
+        self.memory: Any = None  # its PrivateMemory gauge, made when max_rss first needs it
 
     @property
     def pid(self) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
 from typing import Any, Protocol
 
 from ..batching import BatchSizer
@@ -33,8 +32,9 @@ from ..jsonl import (
     error_record,
 )
 from ..jsonl.reader import Line
-from ..report import LatencyHistogram, Report, SizeStats
+from ..report import Report
 from ..results import ItemError, ItemResult, Segment
+from ..stats import LatencyHistogram, SizeStats
 from ..worker import Uniform
 from .fallback import LinePool
 
@@ -267,7 +267,7 @@ class RangeTally:
         report.items, report.failed = self.lines, self.failed
         report.succeeded = self.lines - self.failed
         report.items_per_s = round(self.lines / max(report.wall_s, 1e-9), 1)
-        report.batch_size = asdict(self.sizes)
+        report.batch_size = self.sizes.to_dict()
         report.item_time_s = {f"p{q}": self.latency.percentile(q) for q in (50, 95, 99)}
         report.retries += self.retried + counters.get("retries", 0)
         report.timeouts += counters.get("timeouts", 0)

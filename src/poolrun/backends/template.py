@@ -40,7 +40,6 @@ import signal
 import socket
 import sys
 import threading
-import traceback
 
 from .. import worker
 
@@ -299,6 +298,8 @@ def _fork_worker(
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
+        import traceback
+
         traceback.print_exc()
     finally:
         sys.stdout.flush()

@@ -104,7 +104,9 @@ class Call:
         self.completed: deque[Segment] = deque()  # unordered mode: done, not yet released
         self.ready: deque[Segment] = deque()  # released to the consumer, not yet taken
         self.unreleased = 0  # segments made and not yet released
-        self.max_open = max(8, 4 * options.workers * options.inflight)
+        # the reorder window, in segments: roomy enough that a slow batch at its head does
+        # not stop fresh batches while the other workers have finished theirs
+        self.max_open = max(16, 8 * options.workers * options.inflight)
         self.consumed = 0  # items read from the input
         self.exhausted = False
         self.error: BaseException | None = None  # raised to the consumer, ends the call

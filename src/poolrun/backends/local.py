@@ -67,8 +67,8 @@ class _Worker:
     """One worker as the backend sees it: its process, pipe, slot and what it was sent."""
 
     __slots__ = (
-        "channel", "conn", "fn_ids", "inherits", "kill_cause", "memory", "process", "slot",
-        "slot_map",
+        "channel", "conn", "fn_ids", "inherits", "kill_cause", "memory", "process", "readable",
+        "slot", "slot_map",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +85,8 @@ class _Worker:
         self.fn_ids: set[int] = set()
         self.kill_cause: str | None = None
         self.memory: Any = None  # its PrivateMemory gauge, made when max_rss first needs it
+        self.readable = select.poll()  # is a message waiting on its pipe?
+        self.readable.register(conn.fileno(), select.POLLIN)
 
     @property
     def pid(self) -> int:
@@ -416,8 +418,10 @@ class LocalBackend(Backend):
         return events
 
     def _drain(self, w: _Worker, events: list[Event]) -> None:
+        """Every message waiting on the worker's pipe (``Connection.poll`` would build a
+        selector per check; the worker's own poll object is made once)."""
         try:
-            while not w.conn.closed and w.conn.poll():
+            while not w.conn.closed and w.readable.poll(0):
                 events.append(self._event(w, pickle.loads(w.conn.recv_bytes())))
         except (EOFError, OSError):
             pass  # died mid-message; the sentinel reports the death

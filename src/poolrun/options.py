@@ -134,6 +134,9 @@ class Options:
     target_batch_seconds: float = 0.02
     max_batch_size: int = 65536
     trace_items: bool = False
+    checkpoint: str | os.PathLike[str] | None = None  # a SQLite file: see poolrun.durable
+    retry_failed: bool = True  # with checkpoint=: run the failed items of a past run again
+    rate: float | None = None  # items started per second ("50/s", "300/min" when given)
 
     def with_changes(self, **changes: Any) -> Options:
         return make_options(self, **changes)
@@ -199,7 +202,13 @@ def _validated(o: Options) -> Options:
     if not (isinstance(o.progress, bool) or o.progress in ("auto", "live", "bar")):
         kind = ValueError if isinstance(o.progress, str) else TypeError
         raise kind(f"progress must be True, False, 'auto', 'live' or 'bar', not {o.progress!r}")
-    for flag in ("ordered", "trace_items"):
+    if o.rate is not None:
+        from .ratelimit import parse_rate
+
+        o = replace(o, rate=parse_rate(o.rate))
+    if o.checkpoint is not None and not isinstance(o.checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a file path, not {o.checkpoint!r}")
+    for flag in ("ordered", "trace_items", "retry_failed"):
         if not isinstance(getattr(o, flag), bool):
             raise TypeError(f"{flag} must be True or False, not {getattr(o, flag)!r}")
     return o

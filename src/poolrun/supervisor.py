@@ -35,7 +35,7 @@ at once (the supervisor saw it overrun): it is retried like an exception, then f
 
 The loop never sleeps: it blocks in ``backend.wait`` until a result or a death arrives, or
 until the next deadline it owns (an item's timeout, a worker's start-up, the next memory
-sample, a retry's backoff).
+sample, a retry's backoff, the next rate-limit token).
 """
 
 from __future__ import annotations
@@ -213,8 +213,12 @@ class Supervisor:
 
     def _waiting_calls(self) -> bool:
         """Is any open call waiting for something other than a result (a retry's backoff,
-        or its consumer to make room)?"""
-        return any(c.retries or c.throttled or c.requeued for c in self.calls if not c.over)
+        rate-limit tokens, or its consumer to make room)?"""
+        return any(
+            c.retries or c.throttled or c.requeued or c.tokens_at is not None
+            for c in self.calls
+            if not c.over
+        )
 
     def _forget_cancelled(self) -> None:
         for c in self.calls:
@@ -227,6 +231,8 @@ class Supervisor:
     def _dispatch(self) -> None:
         self._recycle_idle()
         now = time.perf_counter()
+        for call in self.calls:  # set again below by a call that a free worker finds waiting
+            call.tokens_at = None  # for rate-limit tokens
         while True:
             w = self._free_worker()
             if w is None:
@@ -438,6 +444,8 @@ class Supervisor:
         for call in self.calls:
             if call.retries and not call.over:
                 deadlines.append(call.retries[0][0])
+            if call.tokens_at is not None and not call.over:
+                deadlines.append(call.tokens_at)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)

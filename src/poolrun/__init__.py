@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .api import Pool, PoolClosed, Task, imap, map, task
     from .backends.base import SetupFailed
+    from .durable.queue import Queue
     from .report import Report
     from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
     from .trace import Trace
@@ -31,6 +32,7 @@ _WHERE = {
     "map": "api",
     "task": "api",
     "SetupFailed": "backends.base",
+    "Queue": "durable.queue",
     "Report": "report",
     "ItemError": "results",
     "ItemResult": "results",
@@ -45,6 +47,7 @@ __all__ = [
     "ItemsFailed",
     "Pool",
     "PoolClosed",
+    "Queue",
     "Report",
     "Run",
     "RunAborted",

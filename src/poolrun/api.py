@@ -138,8 +138,10 @@ class _Call:
         return Run(kept, self.report(), self.trace)
 
     def aborted(self, exc: FailureBudgetExceeded, kept: Columns) -> RunAborted:
+        placed = self.store.placed if self.store is not None else {}
         for segment in self.call.unreleased_done():
-            kept.add(segment)
+            for part in placed.pop(id(segment), [segment]):  # a store's: at their positions
+                kept.add(part)
         return RunAborted(str(exc), self.run(kept))
 
 

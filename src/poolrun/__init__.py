@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .api import Pool, PoolClosed, Task, imap, map, task
     from .backends.base import SetupFailed
     from .durable.queue import Queue
+    from .durable.sqlite import DatabaseLocked
     from .report import Report
     from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
     from .trace import Trace
@@ -33,6 +34,7 @@ _WHERE = {
     "task": "api",
     "SetupFailed": "backends.base",
     "Queue": "durable.queue",
+    "DatabaseLocked": "durable.sqlite",
     "Report": "report",
     "ItemError": "results",
     "ItemResult": "results",
@@ -42,6 +44,7 @@ _WHERE = {
     "Trace": "trace",
 }
 __all__ = [
+    "DatabaseLocked",
     "ItemError",
     "ItemResult",
     "ItemsFailed",

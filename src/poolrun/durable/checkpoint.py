@@ -30,7 +30,7 @@ import pickle
 import threading
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..report import Stats
@@ -242,7 +242,7 @@ class Checkpoint:
     # -- what the caller gets --------------------------------------------------------------
 
     def merge(
-        self, segments: Iterator[Segment], stats: Stats, ordered: bool = True
+        self, segments: Generator[Segment, None, None], stats: Stats, ordered: bool = True
     ) -> Iterator[Segment]:
         """The engine's segments at their input positions, with the skipped items read
         back between them (in input order when ``ordered``); closes the file at the end."""
@@ -258,6 +258,7 @@ class Checkpoint:
             with self.lock, transaction(self.db, self.path, TIMEOUT):
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('length', ?)", (self.read,))
         finally:
+            segments.close()  # the engine's call ends (cancelled if unfinished) before the file
             self.close()
 
     def _resumed(self, stats: Stats, before: int | None) -> Iterator[Segment]:

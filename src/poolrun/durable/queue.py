@@ -24,7 +24,7 @@ import reprlib
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..options import make_options
@@ -291,7 +291,7 @@ class Drain:
         self.keys.forget(engine_start, n)
 
     def merge(
-        self, segments: Iterator[Segment], _stats: Stats, _ordered: bool
+        self, segments: Generator[Segment, None, None], _stats: Stats, _ordered: bool
     ) -> Iterator[Segment]:
         """The engine's segments as pieces indexed by job id; on every way out, the jobs
         claimed and not finished are given back."""
@@ -299,6 +299,7 @@ class Drain:
             for segment in segments:
                 yield from self.placed.pop(id(segment))
         finally:
+            segments.close()  # the engine's call ends (cancelled if unfinished) first
             with self.lock, transaction(self.db, self.path, self.timeout):
                 self.db.execute(
                     f"UPDATE jobs SET state = {PENDING}, owner = NULL "

@@ -1,8 +1,10 @@
 """Functions the durable tests (checkpoint, queue, rate) run in worker processes.
 
-Each one that logs appends one line per item to the file named by ``POOLRUN_TEST_LOG``
-(inherited by the workers) as the item starts, so a test can count what actually ran,
-also in a process that was killed with ``kill -9``.
+Each one that logs appends one line per item, as the item starts, to the file that
+:func:`use_log` named in the worker (an initializer: workers may come from a forkserver
+started before the test, so the test's environment is not theirs), or else to the one
+``POOLRUN_TEST_LOG`` names (scripts run as their own process). So a test can count what
+actually ran, also in a process that was killed with ``kill -9``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,23 @@ from __future__ import annotations
 import os
 import time
 
+LOG: str | None = None
+FAIL = False
+
+
+def use_log(path: str, fail: bool = False) -> None:
+    """Worker initializer: log to ``path``; ``fail``: :func:`fails_while_flagged` fails."""
+    global LOG, FAIL
+    LOG, FAIL = path, fail
+
+
+def logging_to(path: object, fail: bool = False) -> dict[str, object]:
+    """The options that make a call's workers log to ``path``."""
+    return {"initializer": use_log, "initargs": (str(path), fail)}
+
 
 def _log(x: object) -> None:
-    with open(os.environ["POOLRUN_TEST_LOG"], "a") as log:
+    with open(LOG or os.environ["POOLRUN_TEST_LOG"], "a") as log:
         log.write(f"{x}\n")
 
 
@@ -35,8 +51,9 @@ def started_at(_x: object) -> float:
 
 
 def fails_while_flagged(x: int) -> int:
-    """Item 7 fails while ``POOLRUN_TEST_FAIL`` is set: a bug, then its fix."""
+    """Item 7 fails while the worker was told to (``use_log(..., fail=True)``): a bug,
+    then its fix."""
     _log(x)
-    if x == 7 and os.environ.get("POOLRUN_TEST_FAIL"):
+    if x == 7 and FAIL:
         raise ValueError("flagged")
     return x * x

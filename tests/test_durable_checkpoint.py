@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import poolrun
-from durable_funcs import fails_while_flagged, logged_fail_on_seven, logged_square
+from durable_funcs import fails_while_flagged, logged_fail_on_seven, logged_square, logging_to
 from durable_helpers import finish, kill_when_logged, lines, start
 
 N = 3000
@@ -50,11 +50,11 @@ def test_killed_map_resumes_without_redoing_committed_items(tmp_path):
         poolrun.map(logged_square, changed, workers=1, checkpoint=path)
 
 
-def test_same_run_twice_gives_the_same_results_and_report(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
+def test_same_run_twice_gives_the_same_results_and_report(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
     path = tmp_path / "c.sqlite"
-    first = poolrun.map(logged_square, range(200), workers=2, checkpoint=path)
-    again = poolrun.map(logged_square, iter(range(200)), workers=2, checkpoint=path)
+    first = poolrun.map(logged_square, range(200), workers=2, checkpoint=path, **log_opts)
+    again = poolrun.map(logged_square, iter(range(200)), workers=2, checkpoint=path, **log_opts)
     assert again.values == first.values == [x * x for x in range(200)]
     assert [r.index for r in again.results] == list(range(200))
     assert (first.report.resumed, again.report.resumed, again.report.items) == (0, 200, 200)
@@ -62,75 +62,85 @@ def test_same_run_twice_gives_the_same_results_and_report(tmp_path, monkeypatch)
     assert len(lines(tmp_path / "log")) == 200
 
 
-def test_failed_items_run_again_unless_retry_failed_is_false(tmp_path, monkeypatch):
+def test_failed_items_run_again_unless_retry_failed_is_false(tmp_path):
     log = tmp_path / "log"
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(log))
+    log_opts = logging_to(str(log))
     path = tmp_path / "c.sqlite"
     items = list(range(40))
-    first = poolrun.map(logged_fail_on_seven, items, workers=2, batch_size=6, checkpoint=path)
+    first = poolrun.map(
+        logged_fail_on_seven, items, workers=2, batch_size=6, checkpoint=path, **log_opts
+    )
     assert [r.index for r in first.errors] == [7, 17, 27, 37]
 
-    kept = poolrun.map(logged_fail_on_seven, items, workers=2, checkpoint=path, retry_failed=False)
+    kept = poolrun.map(
+        logged_fail_on_seven, items, workers=2, checkpoint=path, retry_failed=False, **log_opts
+    )
     assert len(lines(log)) == 40  # nothing ran
     assert [(r.index, r.error.message) for r in kept.errors] == [
         (7, "seven: 7"), (17, "seven: 17"), (27, "seven: 27"), (37, "seven: 37")
     ]  # fmt: skip
     assert (kept.report.resumed, kept.report.failed) == (40, 4)
 
-    again = poolrun.map(logged_fail_on_seven, items, workers=2, checkpoint=path)
+    again = poolrun.map(logged_fail_on_seven, items, workers=2, checkpoint=path, **log_opts)
     assert sorted(map(int, lines(log)[40:])) == [7, 17, 27, 37]  # only the failed ones
     assert [r.index for r in again.errors] == [7, 17, 27, 37]
     ok = [r.value for r in again.results if r.ok]
     assert ok == [x * x for x in items if x % 10 != 7]
 
 
-def test_failed_item_that_succeeds_on_rerun_is_stored(tmp_path, monkeypatch):
+def test_failed_item_that_succeeds_on_rerun_is_stored(tmp_path):
     log = tmp_path / "log"
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(log))
-    monkeypatch.setenv("POOLRUN_TEST_FAIL", "1")
+    log_opts = logging_to(str(log))
     path = tmp_path / "c.sqlite"
     items = list(range(12))
-    assert poolrun.map(fails_while_flagged, items, workers=2, checkpoint=path).failed == 1
-    monkeypatch.delenv("POOLRUN_TEST_FAIL")  # the bug is fixed
-    fixed = poolrun.map(fails_while_flagged, items, workers=2, checkpoint=path)
+    buggy = logging_to(log, fail=True)
+    assert poolrun.map(fails_while_flagged, items, workers=2, checkpoint=path, **buggy).failed == 1
+    # the bug is fixed: the same function (by name) now succeeds
+    fixed = poolrun.map(fails_while_flagged, items, workers=2, checkpoint=path, **log_opts)
     assert fixed.values == [x * x for x in items]
     assert lines(log)[12:] == ["7"]
-    again = poolrun.map(fails_while_flagged, items, workers=2, checkpoint=path)
+    again = poolrun.map(fails_while_flagged, items, workers=2, checkpoint=path, **log_opts)
     assert again.values == [x * x for x in items]
     assert (again.report.resumed, len(lines(log))) == (12, 13)
 
 
-def test_imap_unordered_with_checkpoint_yields_every_item_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
+def test_imap_unordered_with_checkpoint_yields_every_item_once(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
     path = tmp_path / "c.sqlite"
-    poolrun.map(logged_square, range(0, 300, 2), workers=2, checkpoint=tmp_path / "x.sqlite")
-    first = list(poolrun.imap(logged_square, range(100), workers=2, checkpoint=path))
-    again = list(poolrun.imap(logged_square, range(100), workers=2, checkpoint=path, ordered=False))
+    poolrun.map(
+        logged_square, range(0, 300, 2), workers=2, checkpoint=tmp_path / "x.sqlite", **log_opts
+    )
+    first = list(poolrun.imap(logged_square, range(100), workers=2, checkpoint=path, **log_opts))
+    again = list(
+        poolrun.imap(
+            logged_square, range(100), workers=2, checkpoint=path, ordered=False, **log_opts
+        )
+    )
     assert sorted((r.index, r.value) for r in again) == [(r.index, r.value) for r in first]
 
 
-def test_pool_and_decorator_take_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
-    task = poolrun.task(logged_square, workers=1, checkpoint=str(tmp_path / "t.sqlite"))
+def test_pool_and_decorator_take_checkpoint(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
+    task = poolrun.task(logged_square, workers=1, checkpoint=str(tmp_path / "t.sqlite"), **log_opts)
     assert task.map(range(5)).values == [0, 1, 4, 9, 16]
     assert task.map(range(5)).report.resumed == 5
-    with poolrun.Pool(workers=2) as pool:
+    with poolrun.Pool(workers=2, **log_opts) as pool:
         path = tmp_path / "p.sqlite"
         assert pool.map(logged_square, range(50), checkpoint=path).values[-1] == 49 * 49
         assert pool.map(logged_square, range(50), checkpoint=path).report.resumed == 50
     assert len(lines(tmp_path / "log")) == 55
 
 
-def test_different_function_or_length_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
+def test_different_function_or_length_is_refused(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
     path = tmp_path / "c.sqlite"
-    poolrun.map(logged_square, range(30), workers=1, checkpoint=path)
+    poolrun.map(logged_square, range(30), workers=1, checkpoint=path, **log_opts)
     with pytest.raises(ValueError, match="holds results of durable_funcs:logged_square"):
-        poolrun.map(logged_fail_on_seven, range(30), workers=1, checkpoint=path)
+        poolrun.map(logged_fail_on_seven, range(30), workers=1, checkpoint=path, **log_opts)
     with pytest.raises(ValueError, match="from item 20 on"):
-        poolrun.map(logged_square, range(20), workers=1, checkpoint=path)
+        poolrun.map(logged_square, range(20), workers=1, checkpoint=path, **log_opts)
     with pytest.raises(ValueError, match="ended at item 20"):
-        poolrun.map(logged_square, iter(range(20)), workers=1, checkpoint=path)
+        poolrun.map(logged_square, iter(range(20)), workers=1, checkpoint=path, **log_opts)
 
 
 def test_not_a_checkpoint_file_is_refused(tmp_path):

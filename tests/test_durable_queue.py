@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import poolrun
-from durable_funcs import logged_fail_on_seven, logged_square
+from durable_funcs import logged_fail_on_seven, logged_square, logging_to
 from durable_helpers import finish, kill_when_logged, lines, start
 from poolrun.durable.queue import UnpicklableItem
 
@@ -22,12 +22,12 @@ print(len(run))
 """
 
 
-def test_higher_priority_runs_first_fifo_within_a_priority(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
+def test_higher_priority_runs_first_fifo_within_a_priority(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
     queue = poolrun.Queue(tmp_path / "q.sqlite")
     low = queue.put_many(range(20))
     high = [queue.put(100 + i, priority=9) for i in range(10)]
-    run = queue.drain(logged_square, workers=1, batch_size=1)
+    run = queue.drain(logged_square, workers=1, batch_size=1, **log_opts)
     order = [r.index for r in sorted(run.results, key=lambda r: r.batch)]
     assert order == high + low
     assert [int(x) for x in lines(tmp_path / "log")] == [*range(100, 110), *range(20)]
@@ -36,11 +36,13 @@ def test_higher_priority_runs_first_fifo_within_a_priority(tmp_path, monkeypatch
     assert queue.status() == {"pending": 0, "running": 0, "done": 30, "failed": 0}
 
 
-def test_failures_are_kept_and_seen_from_another_queue_object(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
+def test_failures_are_kept_and_seen_from_another_queue_object(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
     path = tmp_path / "q.sqlite"
     ids = poolrun.Queue(path).put_many(range(30))
-    run = poolrun.Queue(path).drain(logged_fail_on_seven, workers=2, retries=1, backoff=0)
+    run = poolrun.Queue(path).drain(
+        logged_fail_on_seven, workers=2, retries=1, backoff=0, **log_opts
+    )
     assert run.failed == 3
     other = poolrun.Queue(path)
     failed = other.failed()
@@ -68,7 +70,7 @@ def test_two_drains_at_once_run_each_job_exactly_once(tmp_path):
     assert [v for _, v in queue.results()] == [x * x for x in range(2000)]
 
 
-def test_drain_killed_with_kill_9_then_resumed_loses_nothing(tmp_path, monkeypatch):
+def test_drain_killed_with_kill_9_then_resumed_loses_nothing(tmp_path):
     path = str(tmp_path / "q.sqlite")
     queue = poolrun.Queue(path)
     ids = queue.put_many(range(1500))
@@ -76,22 +78,22 @@ def test_drain_killed_with_kill_9_then_resumed_loses_nothing(tmp_path, monkeypat
     kill_when_logged(start(DRAIN, log, path, "8"), log, 400)
     status = queue.status()
     assert status["running"] > 0 and status["done"] >= 300  # marked, and committed
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(log))
-    run = queue.drain(logged_square, workers=2)
+    log_opts = logging_to(str(log))
+    run = queue.drain(logged_square, workers=2, **log_opts)
     assert len(run) == 1500 - status["done"] - status["failed"]
     assert queue.status() == {"pending": 0, "running": 0, "done": 1500, "failed": 0}
     assert dict(queue.results()) == {job: x * x for job, x in zip(ids, range(1500), strict=True)}
 
 
-def test_a_drain_gives_back_its_claims_when_it_stops(tmp_path, monkeypatch):
-    monkeypatch.setenv("POOLRUN_TEST_LOG", str(tmp_path / "log"))
+def test_a_drain_gives_back_its_claims_when_it_stops(tmp_path):
+    log_opts = logging_to(str(tmp_path / "log"))
     queue = poolrun.Queue(tmp_path / "q.sqlite")
     queue.put_many(range(200))
     with pytest.raises(poolrun.RunAborted):
-        queue.drain(logged_fail_on_seven, workers=1, batch_size=5, max_failures=0)
+        queue.drain(logged_fail_on_seven, workers=1, batch_size=5, max_failures=0, **log_opts)
     status = queue.status()
     assert status["running"] == 0 and status["failed"] == 1 and status["pending"] > 0
-    queue.drain(logged_square, workers=1)
+    queue.drain(logged_square, workers=1, **log_opts)
     assert queue.status()["pending"] == 0
 
 

@@ -237,7 +237,7 @@ class Supervisor:
             w = self._free_worker()
             if w is None:
                 return
-            batch = self._next_batch(now)
+            batch = self._next_batch(now, idle=not self.inflight[w])
             if batch is None:
                 return
             self._send(w, batch)
@@ -249,11 +249,16 @@ class Supervisor:
                 best, load = w, len(ids)
         return best
 
-    def _next_batch(self, now: float) -> Batch | None:
-        """The next batch of the open calls, taken in turn so that calls share workers."""
+    def _next_batch(self, now: float, idle: bool = True) -> Batch | None:
+        """The next batch of the open calls, taken in turn so that calls share workers.
+
+        A rate-limited call sends only to an ``idle`` worker: a batch queued behind another
+        would start later than its tokens say, bunched with the next ones."""
         n = len(self.calls)
         for i in range(n):
             call = self.calls[(self.next_call + i) % n]
+            if call.bucket is not None and not idle:
+                continue
             batch = call.next_batch(self._ids, now)
             if batch is not None:
                 self.next_call = (self.next_call + i + 1) % n

@@ -274,7 +274,9 @@ class Columns:
 class Run:
     """The outcome of ``map``: every item's result in input order, a report and a trace."""
 
-    def __init__(self, segments: Columns | Iterable[Segment], report: Report, trace: Trace) -> None:
+    def __init__(
+        self, segments: Columns | Iterable[Segment], report: Report, trace: Trace
+    ) -> None:
         if not isinstance(segments, Columns):
             columns = Columns()
             for segment in segments:

@@ -316,3 +316,4 @@ def new_slot() -> tuple[int, mmap.mmap]:
     fd = os.memfd_create("poolrun-slot", os.MFD_CLOEXEC)
     os.ftruncate(fd, worker.SLOT_BYTES)
     return fd, mmap.mmap(fd, worker.SLOT_BYTES)
+

@@ -121,7 +121,7 @@ class Stats:
         self.ended: float | None = None
         self.items = 0
         self.failed = 0
-        self.resumed = 0  # items read back from a checkpoint, not run (of them failed:)
+        self.resumed = 0  # items read back from a checkpoint, not run; how many had failed:
         self.resumed_failed = 0
         self.rate: dict[str, Any] = {}  # rate=: the limit and the rate held
         self.batches = 0

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
     from .api import Pool, PoolClosed, Task, imap, map, task
     from .backends.base import SetupFailed
+    from .durable.queue import Queue
+    from .durable.sqlite import DatabaseLocked
     from .report import Report
     from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
     from .trace import Trace
@@ -31,6 +33,8 @@ _WHERE = {
     "map": "api",
     "task": "api",
     "SetupFailed": "backends.base",
+    "Queue": "durable.queue",
+    "DatabaseLocked": "durable.sqlite",
     "Report": "report",
     "ItemError": "results",
     "ItemResult": "results",
@@ -40,11 +44,13 @@ _WHERE = {
     "Trace": "trace",
 }
 __all__ = [
+    "DatabaseLocked",
     "ItemError",
     "ItemResult",
     "ItemsFailed",
     "Pool",
     "PoolClosed",
+    "Queue",
     "Report",
     "Run",
     "RunAborted",

@@ -18,6 +18,7 @@ from .backends.base import Backend
 from .calls import FailureBudgetExceeded
 from .options import Options, make_options
 from .progress import Progress
+from .ratelimit import describe_rate
 from .results import Columns, ItemResult, Run, RunAborted, Segment
 from .stats import Stats
 from .supervisor import Supervisor
@@ -77,7 +78,12 @@ class _Call:
     """One map/imap call: its place in the supervisor, plus the report, trace and progress."""
 
     def __init__(
-        self, supervisor: Supervisor, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options
+        self,
+        supervisor: Supervisor,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        opts: Options,
+        store: Any = None,
     ) -> None:
         backend = supervisor.backend
         self.supervisor = supervisor
@@ -88,14 +94,25 @@ class _Call:
         self.trace = Trace(
             self.stats.started, with_items=opts.trace_items, on_mark=self.stats.timeline.mark
         )
-        self.call = supervisor.open(fn, items, opts, self.stats, self.trace, self.total)
+        # a durable store (checkpoint=, or a Queue's drain) picks the items the engine
+        # runs, commits each finished segment, and places results (see poolrun.durable)
+        self.store = store if store is not None else _checkpoint(fn, opts, self.total)
+        engine_items, engine_total = items, self.total
+        if self.store is not None:
+            engine_items, engine_total = self.store.feed(items), self.store.engine_total
+        self.call = supervisor.open(fn, engine_items, opts, self.stats, self.trace, engine_total)
+        if self.store is not None:
+            self.call.on_finished = self.store.commit
         self.progress: Any = None
 
     def segments_iter(self) -> Iterator[Segment]:
         # made here, not in __init__: a live view's thread starts only once the call runs
         self.progress = _display(self.opts.progress, self.total, self)
+        segments = self.supervisor.segments(self.call)
+        if self.store is not None:
+            segments = self.store.merge(segments, self.stats, self.opts.ordered)
         try:
-            for segment in self.supervisor.segments(self.call):
+            for segment in segments:
                 self.progress.update(segment.n, len(segment.errors), self.call.sizer.size)
                 yield segment
         finally:
@@ -103,6 +120,13 @@ class _Call:
             self.progress.close()
 
     def report(self) -> Report:
+        bucket = self.call.bucket
+        if bucket is not None:  # rate=: the limit, and the rate items really started at
+            held = bucket.held()
+            self.stats.rate = {
+                "limit": describe_rate(bucket.rate),
+                "held_per_s": None if held is None else round(held, 2),
+            }
         report = self.stats.finish()
         dropped = report.trace_events_dropped = self.trace.dropped
         if dropped:
@@ -116,9 +140,20 @@ class _Call:
         return Run(kept, self.report, self.trace)  # the report is made when first read
 
     def aborted(self, exc: FailureBudgetExceeded, kept: Columns) -> RunAborted:
+        placed = self.store.placed if self.store is not None else {}
         for segment in self.call.unreleased_done():
-            kept.add(segment)
+            for part in placed.pop(id(segment), [segment]):  # a store's: at their positions
+                kept.add(part)
         return RunAborted(str(exc), self.run(kept))
+
+
+def _checkpoint(fn: Callable[..., Any], opts: Options, total: int | None) -> Any:
+    """The ``checkpoint=`` store of a call, or ``None`` (sqlite3 is imported only then)."""
+    if opts.checkpoint is None:
+        return None
+    from .durable.checkpoint import Checkpoint
+
+    return Checkpoint(opts.checkpoint, fn, total, opts.retry_failed)
 
 
 def _display(mode: bool | str, total: int | None, call: _Call) -> Any:

@@ -22,12 +22,14 @@ from . import worker
 from .batching import BatchSizer
 from .faults import ALONE, FAIL, FaultPolicy
 from .options import Options
+from .ratelimit import TokenBucket
 from .results import ItemError, Segment
 from .stats import Stats
 from .trace import Trace
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .backends.base import BatchDone, BatchRejected
@@ -113,6 +115,11 @@ class Call:
         self.cancelled = False  # the consumer went away; results are dropped
         self.throttled = False  # waits for its consumer to take segments
         self._seq = itertools.count()
+        # rate=: items start only with a token; ``tokens_at`` is when the wait for one ends
+        self.bucket = TokenBucket(options.rate, time.perf_counter()) if options.rate else None
+        self.tokens_at: float | None = None
+        # a durable store (checkpoint=, a Queue) commits each segment the moment it is done
+        self.on_finished: Callable[[Segment], None] | None = None
 
     @property
     def done(self) -> bool:
@@ -133,24 +140,45 @@ class Call:
     def next_batch(self, new_id: Iterator[int], now: float) -> Batch | None:
         if self.over:
             return None
+        if self.bucket is None:
+            return self._take_batch(new_id, now, None)
+        self.tokens_at = None
+        allowed = self.bucket.available(now)
+        batch = self._take_batch(new_id, now, allowed) if allowed else None
+        if batch is not None:
+            self.bucket.take(len(batch.items), now)
+            return batch
+        need = len(self.requeued[0].items) if self.requeued else 1
+        due = self.retries and self.retries[0][0] <= now
+        if allowed < need and (self.requeued or due or not (self.exhausted or self.throttled)):
+            self.tokens_at = self.bucket.ready_at(need, now)
+        return None
+
+    def _take_batch(self, new_id: Iterator[int], now: float, allowed: int | None) -> Batch | None:
+        """The next batch: pieces to send again, due retries, then fresh items; ``allowed``
+        caps its size (the rate limit's tokens; ``None``: no cap)."""
         if self.requeued:
+            if allowed is not None and len(self.requeued[0].items) > allowed:
+                return None  # waits for enough tokens (it was sized within a bucketful)
             return self.requeued.popleft()
         if self.retries and self.retries[0][0] <= now:
-            return self._retry_batch(new_id, now)
+            return self._retry_batch(new_id, now, allowed)
         if self.exhausted:
             return None
         if self.unreleased + len(self.ready) >= self.max_open:
             self.throttled = True
             return None
         try:
-            return self._fresh_batch(new_id)
+            return self._fresh_batch(new_id, allowed)
         except Exception as exc:  # the caller's iterable raised: the call ends with it
             self.fail(exc)
             return None
 
-    def _fresh_batch(self, new_id: Iterator[int]) -> Batch | None:
+    def _fresh_batch(self, new_id: Iterator[int], allowed: int | None = None) -> Batch | None:
         remaining = None if self.total is None else max(self.total - self.consumed, 0)
         size = self.sizer.next_size(remaining)
+        if allowed is not None:
+            size = min(size, allowed)
         items = list(itertools.islice(self._items, size))
         if len(items) < size or remaining == len(items):
             self.exhausted = True
@@ -164,8 +192,8 @@ class Call:
         self.stats.sizes.record(len(items))
         return Batch(next(new_id), self, [(segment, range(len(items)))], items, fresh=True)
 
-    def _retry_batch(self, new_id: Iterator[int], now: float) -> Batch:
-        limit = self.sizer.next_size()
+    def _retry_batch(self, new_id: Iterator[int], now: float, allowed: int | None) -> Batch:
+        limit = self.sizer.next_size() if allowed is None else min(self.sizer.next_size(), allowed)
         refs, items = [], []
         while self.retries and self.retries[0][0] <= now and len(items) < limit:
             _, _, segment, pos, item = heapq.heappop(self.retries)
@@ -246,6 +274,11 @@ class Call:
             self._segment_done(segment)
 
     def _segment_done(self, segment: Segment) -> None:
+        if self.on_finished is not None:
+            try:
+                self.on_finished(segment)
+            except Exception as exc:  # the store failed (disk full, locked): the call ends
+                self.fail(exc)
         if not self.opts.ordered:
             self.completed.append(segment)
 

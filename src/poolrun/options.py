@@ -132,6 +132,9 @@ _DEFAULTS: dict[str, Any] = {
     "target_batch_seconds": 0.02,
     "max_batch_size": 65536,
     "trace_items": False,
+    "checkpoint": None,  # a SQLite file: see poolrun.durable
+    "retry_failed": True,  # with checkpoint=: run the failed items of a past run again
+    "rate": None,  # items started per second ("50/s", "300/min" when given)
 }
 
 
@@ -206,7 +209,13 @@ def _validated(o: Options) -> Options:
     if not (isinstance(o.progress, bool) or o.progress in ("auto", "live", "bar")):
         kind = ValueError if isinstance(o.progress, str) else TypeError
         raise kind(f"progress must be True, False, 'auto', 'live' or 'bar', not {o.progress!r}")
-    for flag in ("ordered", "trace_items"):
+    if o.rate is not None:
+        from .ratelimit import parse_rate
+
+        o = o._replace(rate=parse_rate(o.rate))
+    if o.checkpoint is not None and not isinstance(o.checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a file path, not {o.checkpoint!r}")
+    for flag in ("ordered", "trace_items", "retry_failed"):
         if not isinstance(getattr(o, flag), bool):
             raise TypeError(f"{flag} must be True or False, not {getattr(o, flag)!r}")
     return o

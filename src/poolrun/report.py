@@ -50,6 +50,8 @@ class Report:
     memory_kills: int = 0
     recycled: int = 0
     splits: int = 0
+    resumed: int = 0  # of ``items``: read back from a checkpoint, not run this time
+    rate: dict[str, Any] = field(default_factory=dict)  # rate=: "limit" and "held_per_s"
     trace_events_dropped: int = 0  # the in-memory trace keeps only the most recent events
     notes: list[str] = field(default_factory=list)
     # drawn by the HTML report, not shown in the text table (see poolrun.timeline)
@@ -64,9 +66,9 @@ class Report:
         report = cls(
             backend=s.backend,
             start_method=s.start_method,
-            items=s.items,
-            succeeded=s.items - s.failed,
-            failed=s.failed,
+            items=s.items + s.resumed,
+            succeeded=s.items + s.resumed - s.failed - s.resumed_failed,
+            failed=s.failed + s.resumed_failed,
             wall_s=round(wall, 6),
             items_per_s=round(s.items / wall, 1),
             workers=s.workers,
@@ -83,6 +85,8 @@ class Report:
             memory_kills=s.counters["memory_kills"],
             recycled=s.counters["recycled"],
             splits=s.counters["splits"],
+            resumed=s.resumed,
+            rate=dict(s.rate),
             timeline=s.timeline.to_dict(s.ended or time.perf_counter()),
             latency_histogram=s.latency.buckets(),
         )
@@ -153,6 +157,12 @@ def render_table(r: Report) -> str:
             f"{r.retries} retries, {r.memory_kills} memory kills, {r.recycled} recycled",
         ),
     ]
+    if r.resumed:
+        rows.insert(3, ("resumed", f"{r.resumed} items read back from the checkpoint, not run"))
+    if r.rate:
+        held = r.rate.get("held_per_s")
+        shown = "-" if held is None else f"{held:,.1f} items/s"
+        rows.append(("rate", f"limit {r.rate['limit']}, held {shown}"))
     width = max(len(k) for k, _ in rows)
     lines = ["poolrun report", "-" * 60]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

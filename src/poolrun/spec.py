@@ -108,3 +108,21 @@ def resolve(spec: str) -> Callable[[Any], Any]:
     if not callable(found):
         raise SpecError(f"{spec!r} is not callable (it is a {type(found).__name__})")
     return found
+
+
+class SpecFunction:
+    """The function a SPEC names, pickled as the SPEC itself: each worker resolves it once
+    (a function loaded from a file path cannot be pickled by reference). ``poolrun queue
+    drain`` runs it over the jobs' items."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._fn: Callable[[Any], Any] | None = None
+
+    def __reduce__(self) -> tuple[type[SpecFunction], tuple[str]]:
+        return (SpecFunction, (self.spec,))
+
+    def __call__(self, item: Any) -> Any:
+        if self._fn is None:
+            self._fn = resolve(self.spec)
+        return self._fn(item)

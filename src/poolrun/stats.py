@@ -18,6 +18,8 @@ from .worker import Uniform
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
+    from typing import Any
+
     from .report import Report
 
 _BINS_PER_DECADE = 50
@@ -132,6 +134,9 @@ class Stats:
         self.ended: float | None = None
         self.items = 0
         self.failed = 0
+        self.resumed = 0  # items read back from a checkpoint, not run; how many had failed:
+        self.resumed_failed = 0
+        self.rate: dict[str, Any] = {}  # rate=: the limit and the rate held
         self.batches = 0
         self.latency = LatencyHistogram()
         self.per_worker: dict[int, WorkerFigures] = {}

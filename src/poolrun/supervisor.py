@@ -35,7 +35,7 @@ at once (the supervisor saw it overrun): it is retried like an exception, then f
 
 The loop never sleeps: it blocks in ``backend.wait`` until a result or a death arrives, or
 until the next deadline it owns (an item's timeout, a worker's start-up, the next memory
-sample, a retry's backoff).
+sample, a retry's backoff, the next rate-limit token).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from .backends.base import (
     WorkerDied,
 )
 from .calls import Batch, Call
-from .faults import FaultPolicy
+from .faults import EXTERNAL_CAUSES, FaultPolicy
 from .options import Options
 from .results import Segment
 from .stats import Stats
@@ -91,7 +91,7 @@ class Supervisor:
         self.awaiting_memory: dict[int, tuple[Call, int, float]] = {}
         self.fatal: BaseException | None = None  # every call fails with it (a broken pool)
         self.any_done = False  # has any batch finished since the workers started?
-        self.startup_deaths = 0
+        self.startup_deaths = 0.0  # weighted: see _check_startup
         self.next_rss_sample = 0.0
         self._ids = itertools.count(1)
 
@@ -213,8 +213,12 @@ class Supervisor:
 
     def _waiting_calls(self) -> bool:
         """Is any open call waiting for something other than a result (a retry's backoff,
-        or its consumer to make room)?"""
-        return any(c.retries or c.throttled or c.requeued for c in self.calls if not c.over)
+        rate-limit tokens, or its consumer to make room)?"""
+        return any(
+            c.retries or c.throttled or c.requeued or c.tokens_at is not None
+            for c in self.calls
+            if not c.over
+        )
 
     def _forget_cancelled(self) -> None:
         for c in self.calls:
@@ -227,11 +231,13 @@ class Supervisor:
     def _dispatch(self) -> None:
         self._recycle_idle()
         now = time.perf_counter()
+        for call in self.calls:  # set again below by a call that a free worker finds waiting
+            call.tokens_at = None  # for rate-limit tokens
         while True:
             w = self._free_worker()
             if w is None:
                 return
-            batch = self._next_batch(now)
+            batch = self._next_batch(now, idle=not self.inflight[w])
             if batch is None:
                 return
             self._send(w, batch)
@@ -243,11 +249,16 @@ class Supervisor:
                 best, load = w, len(ids)
         return best
 
-    def _next_batch(self, now: float) -> Batch | None:
-        """The next batch of the open calls, taken in turn so that calls share workers."""
+    def _next_batch(self, now: float, idle: bool = True) -> Batch | None:
+        """The next batch of the open calls, taken in turn so that calls share workers.
+
+        A rate-limited call sends only to an ``idle`` worker: a batch queued behind another
+        would start later than its tokens say, bunched with the next ones."""
         n = len(self.calls)
         for i in range(n):
             call = self.calls[(self.next_call + i) % n]
+            if call.bucket is not None and not idle:
+                continue
             batch = call.next_batch(self._ids, now)
             if batch is not None:
                 self.next_call = (self.next_call + i + 1) % n
@@ -347,10 +358,12 @@ class Supervisor:
         environment). Once a batch has finished, deaths are the items' doing."""
         if self.any_done or ev.running is not None or cause in ("timeout", "memory-limit"):
             return
-        self.startup_deaths += 1
+        # a SIGKILL or SIGTERM may come from outside (a chaos test, an operator): it counts
+        # a quarter, so only a steady stream of them (an OOM killer at start-up) ends the run
+        self.startup_deaths += 0.25 if cause in EXTERNAL_CAUSES else 1
         if self.startup_deaths > 2 * self.size:
             raise SetupFailed(
-                f"{self.startup_deaths} workers in a row died before running any item "
+                f"{self.startup_deaths:g} workers in a row died before running any item "
                 f"({cause}); the workers' own error output above says why"
             )
 
@@ -438,6 +451,8 @@ class Supervisor:
         for call in self.calls:
             if call.retries and not call.over:
                 deadlines.append(call.retries[0][0])
+            if call.tokens_at is not None and not call.over:
+                deadlines.append(call.tokens_at)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)

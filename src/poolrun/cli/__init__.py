@@ -1,4 +1,5 @@
-"""The ``poolrun`` command line: ``run``, ``retry`` and ``bench`` over JSON Lines.
+"""The ``poolrun`` command line: ``run``, ``retry`` and ``bench`` over JSON Lines, and
+``queue`` (:mod:`.queue`: put, drain, status of a durable job queue).
 
 One module per command (:mod:`.run`, :mod:`.retry`, :mod:`.bench`), and beside them the
 plumbing they share: :mod:`.flags` (the options), :mod:`.job` (drains the engine into the
@@ -24,17 +25,19 @@ import click
 from .. import __version__, log
 from ..backends.base import SetupFailed
 from ..checkpoint import ResumeRefused
+from ..durable.sqlite import DatabaseLocked
 from ..jsonl import InputError
 from ..spec import SpecError
 from .bench import bench_command
 from .flags import say
 from .job import Guard, Interrupted
+from .queue import queue_command
 from .resume import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, SetupError
 from .retry import retry
 from .run import run
 from .watch import watch_command
 
-SETUP_ERRORS = (SetupError, SpecError, ResumeRefused, InputError, SetupFailed)
+SETUP_ERRORS = (SetupError, SpecError, ResumeRefused, InputError, SetupFailed, DatabaseLocked)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,6 +61,7 @@ cli.add_command(run)
 cli.add_command(retry)
 cli.add_command(bench_command)
 cli.add_command(watch_command)
+cli.add_command(queue_command)
 
 
 def main(argv: list[str] | None = None) -> None:

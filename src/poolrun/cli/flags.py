@@ -87,6 +87,12 @@ def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "killed and the run fails. Example: --start-timeout 10",
         ),
         click.option(
+            "--rate",
+            metavar="N/s|N/min",
+            help="Start at most this many lines a second (or minute) across all workers, "
+            "e.g. to respect an outside service's limit. Example: --rate 50/s",
+        ),
+        click.option(
             "--backend",
             type=click.Choice(["local", "dask"]),
             default="local",
@@ -173,6 +179,7 @@ def engine_kwargs(flags: dict[str, Any], max_failures: int | float | None) -> di
         "backend": flags["backend"],
         "scheduler": flags["scheduler"],
         "max_failures": max_failures,
+        "rate": flags["rate"],
     }
     try:
         make_options(**kwargs)

@@ -136,6 +136,7 @@ class Job:
     ) -> None:
         self.feed = feed
         self.stream = Streaming(feed.task, feed.items(), trace_path, **options)
+        self.stream.on_started = self._start_threads
         self.out = out
         self.errors = errors
         self.guard = guard
@@ -146,7 +147,6 @@ class Job:
         self.failed = failed
         self.done = 0
         self.shown = (0, failed)
-        self.threads_started = False  # the line counter's and the monitor's
         self.next_tick = 0.0
 
     def run(self) -> Outcome:
@@ -183,12 +183,13 @@ class Job:
         if self.resumable is not None and self.resumable.checkpoint.due(now):
             self._save()
 
+    def _start_threads(self) -> None:
+        """The line count and the monitor, once the workers have started (see Streaming)."""
+        if self.counter is not None:
+            self.counter.start()
+        self.progress.follow(lambda: self.stream.call, lambda: (self.done, self.failed))
+
     def _show_progress(self) -> None:
-        if not self.threads_started:  # the workers have started: threads are safe now
-            self.threads_started = True
-            if self.counter is not None:
-                self.counter.start()
-            self.progress.follow(lambda: self.stream.call, lambda: (self.done, self.failed))
         if self.counter is not None and self.counter.total is not None:
             self.progress.total = self.counter.total
             if self.progress.bar is not None:

@@ -128,8 +128,8 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
 
 def _ranged(source: Input, options: dict[str, Any]) -> bool:
     """Byte ranges need a file workers can read at an offset: a plain regular file, and
-    workers on this machine."""
-    if source.is_stdin or source.compressed or options["backend"] != "local":
+    workers on this machine. ``--rate`` counts lines, so it takes them one by one."""
+    if source.is_stdin or source.compressed or options["backend"] != "local" or options["rate"]:
         return False
     return stat.S_ISREG(source.mode)
 

@@ -36,11 +36,16 @@ class Streaming:
         self._items = items
         self._trace_path = trace_path  # stream trace events there as the run goes
         self._call: _Call | None = None
+        # called once the workers have started: a thread started before them would make
+        # start_method="auto" fall back to the forkserver
+        self.on_started: Callable[[], None] | None = None
 
     def segments(self) -> Iterator[Segment]:
         """Results a batch at a time (``start``, ``n``, ``values``, ``errors`` by position)."""
         with _OneShot(self._fn, self.options) as supervisor:
             self._call = _Call(supervisor, self._fn, self._items, self.options)
+            if self.on_started is not None:
+                self.on_started()  # the workers are up: threads are safe to start now
             if self._trace_path:
                 self._call.trace.stream_to(self._trace_path)
             yield from _segments(self._call)

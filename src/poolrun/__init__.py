@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .api import Pool, PoolClosed, Task, imap, map, task
     from .backends.base import SetupFailed
+    from .executor import Executor, TaskFailed
     from .report import Report
     from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
     from .trace import Trace
@@ -31,6 +32,8 @@ _WHERE = {
     "map": "api",
     "task": "api",
     "SetupFailed": "backends.base",
+    "Executor": "executor",
+    "TaskFailed": "executor",
     "Report": "report",
     "ItemError": "results",
     "ItemResult": "results",
@@ -40,6 +43,7 @@ _WHERE = {
     "Trace": "trace",
 }
 __all__ = [
+    "Executor",
     "ItemError",
     "ItemResult",
     "ItemsFailed",
@@ -50,6 +54,7 @@ __all__ = [
     "RunAborted",
     "SetupFailed",
     "Task",
+    "TaskFailed",
     "Trace",
     "imap",
     "map",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -33,9 +33,23 @@ class ItemError:
     message: str
     traceback: str = ""
     cause: str = "exception"
+    # the raised exception, pickled in the worker (None when it did not pickle); see exception()
+    pickled: bytes | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
+
+    def exception(self) -> BaseException | None:
+        """The exception the function raised, with its own type, when it could be sent back
+        (it pickled in the worker and unpickles here); ``None`` otherwise."""
+        if self.pickled is None:
+            return None
+        import pickle
+
+        try:
+            return pickle.loads(self.pickled)
+        except Exception:
+            return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ from .backends.base import (
 )
 from .calls import Batch, Call
 from .faults import FaultPolicy
+from .feed import Feed
 from .options import Options
 from .report import Stats
 from .results import Segment
@@ -107,6 +108,8 @@ class Supervisor:
         total: int | None,
     ) -> Call:
         spec = FunctionSpec(fn, opts.retry_on, opts.timeout, opts.max_rss)
+        if isinstance(items, Feed):
+            items.wake = self.backend.wake  # a put into an empty feed wakes the loop
         with self.lock:
             if self.fatal is not None:
                 raise self.fatal
@@ -213,8 +216,12 @@ class Supervisor:
 
     def _waiting_calls(self) -> bool:
         """Is any open call waiting for something other than a result (a retry's backoff,
-        or its consumer to make room)?"""
-        return any(c.retries or c.throttled or c.requeued for c in self.calls if not c.over)
+        its consumer to make room, or items put into its feed)?"""
+        return any(
+            c.retries or c.throttled or c.requeued or c.feed is not None
+            for c in self.calls
+            if not c.over
+        )
 
     def _forget_cancelled(self) -> None:
         for c in self.calls:

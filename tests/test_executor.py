@@ -10,6 +10,8 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, BrokenExecutor, as_completed, wait
 
 import pytest
+
+import poolrun
 from conftest import wait_until
 from dropin_funcs import (
     CustomError,
@@ -23,8 +25,6 @@ from dropin_funcs import (
     wait_for_file,
 )
 from funcs import hang_on, segfault_on, square
-
-import poolrun
 from poolrun.executor import RemoteTraceback, TaskFailed
 
 
@@ -109,7 +109,7 @@ def test_segfault_fails_one_future_and_the_executor_stays_usable():
 def test_timeout_fails_that_future_alone():
     with poolrun.Executor(max_workers=2, timeout=0.5) as ex:
         futures = [ex.submit(hang_on(3), i) for i in range(6)]
-        done, _ = wait(futures, timeout=30, return_when=FIRST_EXCEPTION)
+        wait(futures, timeout=30, return_when=FIRST_EXCEPTION)
         assert futures[3].exception(timeout=30).cause == "timeout"
         assert [f.result() for i, f in enumerate(futures) if i != 3] == [0, 1, 2, 4, 5]
 

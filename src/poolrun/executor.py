@@ -219,7 +219,7 @@ class Executor(concurrent.futures.Executor):
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError(f"buffersize must be None or an int >= 1, got {buffersize!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls: Iterator[tuple[Any, ...]] = zip(*iterables)
+        calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)  # as the standard map
         if chunksize > 1:  # each submission runs run_chunk(fn, [args, ...])
             arguments, one = calls, fn
             chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])

@@ -17,7 +17,8 @@ TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-    from .api import Pool, PoolClosed, Task, imap, map, task
+    from .aio import aimap, amap
+    from .api import Pool, PoolClosed, Task, imap, map, starmap, task
     from .backends.base import SetupFailed
     from .executor import Executor, TaskFailed
     from .report import Report
@@ -30,6 +31,9 @@ _WHERE = {
     "Task": "api",
     "imap": "api",
     "map": "api",
+    "starmap": "api",
+    "amap": "aio",
+    "aimap": "aio",
     "task": "api",
     "SetupFailed": "backends.base",
     "Executor": "executor",
@@ -56,8 +60,11 @@ __all__ = [
     "Task",
     "TaskFailed",
     "Trace",
+    "aimap",
+    "amap",
     "imap",
     "map",
+    "starmap",
     "task",
 ]
 __version__ = "0.1.0"

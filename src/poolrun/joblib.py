@@ -1,0 +1,142 @@
+"""A joblib parallel backend on poolrun workers: scikit-learn's ``n_jobs=`` on poolrun.
+
+>>> import joblib, poolrun.joblib
+>>> poolrun.joblib.register()
+>>> with joblib.parallel_config(backend="poolrun", n_jobs=4, timeout=60):
+...     scores = cross_val_score(model, X, y, cv=5)        # doctest: +SKIP
+
+Parameters given to ``parallel_config`` besides joblib's own (``timeout``, ``max_rss``,
+``retries``, ...) are poolrun options. joblib keeps its own batching: its auto-batching
+(``AutoBatchingMixin``) groups tasks into batches of about 0.2 s, and each joblib batch is
+one :class:`~poolrun.Executor` submission, which poolrun's batcher groups again when they are
+small. Workers limit their BLAS/OpenMP threads as loky's do (``cpu_count() // n_jobs``, or
+``inner_max_num_threads``). A task whose worker crashes, times out or passes ``max_rss``
+fails with :class:`~poolrun.TaskFailed` saying why; joblib raises it from ``Parallel``.
+
+Each ``Parallel`` call starts its workers (forked from a template of the caller when it has
+no other threads: tens of milliseconds) and stops them when it ends, so no process outlives
+the call that needed it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import cloudpickle
+from joblib import register_parallel_backend
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+)
+from joblib.parallel import cpu_count
+
+from .executor import Executor
+from .options import make_options
+
+TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from typing import Any
+
+NAME = "poolrun"
+
+
+def register(name: str = NAME) -> None:
+    """Make ``joblib.parallel_config(backend="poolrun")`` (or ``name``) use poolrun."""
+    register_parallel_backend(name, PoolrunBackend)
+
+
+def run_pickled(payload: bytes) -> Any:
+    """In a worker: a joblib batch, cloudpickled as loky does (lambdas and functions of
+    ``__main__`` work)."""
+    return cloudpickle.loads(payload)()
+
+
+def _limit_threads(env: dict[str, str], init: Callable[..., Any] | None, args: tuple) -> None:
+    """Worker initializer: the thread limits joblib asks for, then the user's initializer."""
+    os.environ.update(env)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=int(env["OMP_NUM_THREADS"]))
+    if init is not None:
+        init(*args)
+
+
+class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's backend interface (joblib >= 1.5: ``submit`` and a result callback)."""
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        for fixed in ("workers", "ordered"):
+            if fixed in options:
+                raise TypeError(f"{fixed}= is joblib's to set here (n_jobs=), not an option")
+        make_options(**options)  # a bad option fails in parallel_config, not in Parallel
+        self.options = options
+        self._executor: Executor | None = None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            return 1
+        if n_jobs < 0:
+            return max(cpu_count() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(
+        self,
+        n_jobs: int = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **joblib_kwargs: Any,  # loky's (max_nbytes, mmap_mode, ...): no meaning here
+    ) -> int:
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self.parallel = parallel
+        init = (
+            self._prepare_worker_env(n_jobs),
+            self.options.get("initializer"),
+            tuple(self.options.get("initargs", ())),
+        )
+        options = {**self.options, "initializer": _limit_threads, "initargs": init}
+        self._executor = Executor(max_workers=n_jobs, **options)
+        return n_jobs
+
+    def submit(self, func: Callable[[], Any], callback: Callable[..., Any] | None = None) -> Future:
+        assert self._executor is not None, "submit() before configure()"
+        future = self._executor.submit(run_pickled, cloudpickle.dumps(func))
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, future: Future) -> Any:
+        return future.result()
+
+    def terminate(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.reset_batch_stats()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A task failed: drop what is pending, stop what runs (as loky kills its workers)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor._pool.terminate()
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if ensure_ready:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)

@@ -17,10 +17,17 @@ from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 
 import poolrun  # noqa: E402
 import poolrun.joblib  # noqa: E402
+from conftest import live_workers, wait_until  # noqa: E402
 from dropin_funcs import pid  # noqa: E402
 from funcs import segfault_on, square  # noqa: E402
 
 poolrun.joblib.register()
+
+
+@pytest.fixture(autouse=True)
+def stop_kept_workers():
+    yield
+    poolrun.joblib.shutdown()
 
 
 def _blas_threads(_):
@@ -37,6 +44,16 @@ def test_parallel_runs_on_poolrun_workers():
     assert os.getpid() not in pids and len(set(pids)) >= 1
     assert squares == [i * i for i in range(100)]
     assert lambdas == [1, 2, 3, 4, 5]  # cloudpickled, as loky does
+
+
+def test_workers_are_kept_between_calls_until_shutdown():
+    with joblib.parallel_config(backend="poolrun", n_jobs=2):
+        first = set(joblib.Parallel()(joblib.delayed(pid)(i) for i in range(20)))
+    with joblib.parallel_config(backend="poolrun", n_jobs=2):
+        second = set(joblib.Parallel()(joblib.delayed(pid)(i) for i in range(20)))
+    assert second <= {*first, *second} and first & second  # the same processes served both
+    poolrun.joblib.shutdown()
+    assert wait_until(lambda: not live_workers())
 
 
 def test_worker_threads_are_limited_as_joblib_expects():

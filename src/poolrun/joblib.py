@@ -13,14 +13,15 @@ small. Workers limit their BLAS/OpenMP threads as loky's do (``cpu_count() // n_
 ``inner_max_num_threads``). A task whose worker crashes, times out or passes ``max_rss``
 fails with :class:`~poolrun.TaskFailed` saying why; joblib raises it from ``Parallel``.
 
-Each ``Parallel`` call starts its workers (forked from a template of the caller when it has
-no other threads: tens of milliseconds) and stops them when it ends, so no process outlives
-the call that needed it.
+As loky does, the backend keeps its workers between ``Parallel`` calls (one set per
+``n_jobs`` and options), so a program's second call does not pay for starting them again:
+they stop at exit, or at :func:`shutdown`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 import cloudpickle
@@ -49,18 +50,43 @@ def register(name: str = NAME) -> None:
     register_parallel_backend(name, PoolrunBackend)
 
 
+_kept: dict[tuple[int, str], Executor] = {}  # by (n_jobs, options): reused across calls
+_kept_lock = threading.Lock()
+
+
+def shutdown() -> None:
+    """Stop the workers the backend keeps between ``Parallel`` calls."""
+    with _kept_lock:
+        executors = list(_kept.values())
+        _kept.clear()
+    for executor in executors:
+        executor.shutdown(wait=True)
+
+
+def _executor(n_jobs: int, options: dict[str, Any]) -> Executor:
+    """The kept executor for ``n_jobs`` and ``options``, started if there is none."""
+    key = (n_jobs, repr(sorted(options.items(), key=lambda kv: kv[0])))
+    with _kept_lock:
+        executor = _kept.get(key)
+        if executor is None or executor._feed.closed:  # none yet, or aborted
+            executor = _kept[key] = Executor(max_workers=n_jobs, **options)
+        return executor
+
+
 def run_pickled(payload: bytes) -> Any:
     """In a worker: a joblib batch, cloudpickled as loky does (lambdas and functions of
     ``__main__`` work)."""
     return cloudpickle.loads(payload)()
 
 
-def _limit_threads(env: dict[str, str], init: Callable[..., Any] | None, args: tuple) -> None:
+def _limit_threads(
+    env: tuple[tuple[str, str], ...], init: Callable[..., Any] | None, args: tuple
+) -> None:
     """Worker initializer: the thread limits joblib asks for, then the user's initializer."""
     os.environ.update(env)
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=int(env["OMP_NUM_THREADS"]))
+    threadpool_limits(limits=int(os.environ["OMP_NUM_THREADS"]))
     if init is not None:
         init(*args)
 
@@ -107,12 +133,12 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         init = (
-            self._prepare_worker_env(n_jobs),
+            tuple(sorted(self._prepare_worker_env(n_jobs).items())),
             self.options.get("initializer"),
             tuple(self.options.get("initargs", ())),
         )
         options = {**self.options, "initializer": _limit_threads, "initargs": init}
-        self._executor = Executor(max_workers=n_jobs, **options)
+        self._executor = _executor(n_jobs, options)
         return n_jobs
 
     def submit(self, func: Callable[[], Any], callback: Callable[..., Any] | None = None) -> Future:
@@ -126,17 +152,16 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
         return future.result()
 
     def terminate(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._executor = None  # its workers are kept for the next call
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A task failed: drop what is pending, stop what runs (as loky kills its workers)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor._pool.terminate()
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """A task failed: drop what is pending, stop what runs (as loky kills its workers);
+        the next call starts new workers."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+            executor._pool.terminate()
+            executor.shutdown(wait=True)
         if ensure_ready:
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)

@@ -4,6 +4,7 @@ run in worker processes."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def raise_two_args(x):
     raise NeedsTwoArgs(x, "more")
 
 
+def raise_unpicklable(x):
+    error = ValueError(f"holds a lock {x}")
+    error.lock = threading.Lock()  # the exception itself cannot be pickled
+    raise error
+
+
 def pid(_=None):
     return os.getpid()
 
@@ -60,3 +67,7 @@ def record(path: str, i: int) -> int:
 def sleep_return(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def failing_initializer():
+    raise RuntimeError("no model file")

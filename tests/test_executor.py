@@ -16,9 +16,11 @@ from conftest import wait_until
 from dropin_funcs import (
     CustomError,
     add,
+    failing_initializer,
     pid,
     raise_custom,
     raise_two_args,
+    raise_unpicklable,
     record,
     scale,
     sleep_return,
@@ -88,7 +90,20 @@ def test_fn_exception_keeps_its_type_and_remote_traceback():
         with pytest.raises(TaskFailed, match="and more") as info:
             ex.submit(raise_two_args, 1).result()
         assert info.value.error.type.endswith("NeedsTwoArgs") and info.value.cause == "exception"
+        with pytest.raises(TaskFailed, match="holds a lock 2") as info:
+            ex.submit(raise_unpicklable, 2).result()
+        assert info.value.error.type == "ValueError" and "raise_unpicklable" in str(
+            info.value.error.traceback
+        )
         assert ex.submit(lambda x: x + 1, 1).result() == 2  # cloudpickled, like joblib's
+
+
+def test_map_item_errors_carry_the_exception_itself():
+    run = poolrun.map(raise_custom, [1, 2], workers=1)
+    error = run.errors[0].error
+    assert isinstance(error.exception(), CustomError) and str(error.exception()) == "custom 1"
+    assert error.cause == "exception" and error.type.endswith("CustomError")
+    assert "pickled" not in repr(error)  # the bytes stay out of reprs and reports
 
 
 def test_segfault_fails_one_future_and_the_executor_stays_usable():
@@ -159,3 +174,13 @@ def test_bad_arguments_fail_with_one_line():
         poolrun.Executor(max_workers=1, colour="red")
     with poolrun.Executor(max_workers=1) as ex, pytest.raises(ValueError, match="chunksize"):
         ex.map(square, [1], chunksize=0)
+
+
+def test_a_broken_pool_fails_every_future_and_says_why():
+    ex = poolrun.Executor(max_workers=1, initializer=failing_initializer)
+    future = ex.submit(square, 2)
+    with pytest.raises(poolrun.SetupFailed):
+        future.result(timeout=60)
+    with pytest.raises(RuntimeError, match="broken"):
+        ex.submit(square, 3)
+    ex.shutdown()

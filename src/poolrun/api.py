@@ -12,7 +12,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 from .backends.base import Backend
 from .calls import FailureBudgetExceeded
@@ -275,7 +275,9 @@ class Pool:
 
         return await pool_amap(self, fn, items, overrides)
 
-    def aimap(self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any) -> Any:
+    def aimap(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any
+    ) -> AsyncIterator[ItemResult]:
         """``async for r in pool.aimap(...)``: :meth:`imap` for asyncio."""
         from .aio import pool_aimap
 

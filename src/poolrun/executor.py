@@ -105,6 +105,7 @@ class _Submissions(Feed):
     def __init__(self) -> None:
         super().__init__()
         self.futures: dict[int, Future] = {}  # taken, not yet resolved; by input index
+        self.broken: BaseException | None = None  # why the executor cannot run anything
         self._taken = itertools.count()
 
     def __next__(self) -> Any:
@@ -131,6 +132,7 @@ class _Submissions(Feed):
     def fail_all(self, exc: BaseException) -> None:
         """The pool broke (its workers cannot start, ``max_failures`` was passed): every
         future still owed fails with ``exc``."""
+        self.broken = exc
         self.close()
         pending = [f for f, _ in self.take_pending() if f.set_running_or_notify_cancel()]
         for future in [*self.futures.values(), *pending]:
@@ -199,6 +201,8 @@ class Executor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)``; returns a standard ``Future``."""
         future: Future = Future()
         if not self._feed.put((future, (_portable(fn), args, kwargs))):
+            if self._feed.broken is not None:
+                raise RuntimeError(f"this executor is broken: {self._feed.broken}")
             raise RuntimeError("cannot schedule new futures after shutdown")
         return future
 

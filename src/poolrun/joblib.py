@@ -107,6 +107,10 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
         for fixed in ("workers", "ordered"):
             if fixed in options:
                 raise TypeError(f"{fixed}= is joblib's to set here (n_jobs=), not an option")
+        # one joblib batch (~0.2 s once auto-batching has grown it) per worker at a time:
+        # the next waits for whichever worker frees first, as loky's shared queue does,
+        # rather than queueing behind a batch in a worker that may finish last
+        options.setdefault("inflight", 1)
         make_options(**options)  # a bad option fails in parallel_config, not in Parallel
         self.options = options
         self._executor: Executor | None = None

@@ -184,3 +184,19 @@ def test_a_broken_pool_fails_every_future_and_says_why():
     with pytest.raises(RuntimeError, match="broken"):
         ex.submit(square, 3)
     ex.shutdown()
+
+
+def test_threads_submit_to_one_executor():
+    with poolrun.Executor(max_workers=2) as ex:
+        results: dict[int, list[int]] = {}
+
+        def client(k: int) -> None:
+            futures = [ex.submit(scale, i, factor=k) for i in range(300)]
+            results[k] = [f.result(timeout=60) for f in futures]
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(1, 5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == {k: [k * i for i in range(300)] for k in range(1, 5)}

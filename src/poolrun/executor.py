@@ -186,10 +186,14 @@ class Executor(concurrent.futures.Executor):
         # the pool starts before the thread below: a single-threaded caller's workers are
         # then forked from a template of it (start_method="auto")
         self._pool = Pool(**options)
-        supervisor, opts = self._pool._ready({"ordered": False})
-        self._window = 512 * opts.workers  # map()'s default buffersize
         self._feed = _Submissions()
-        self._call = call = _Call(supervisor, invoke, self._feed, opts)
+        try:
+            supervisor, opts = self._pool._ready({"ordered": False})
+            self._call = call = _Call(supervisor, invoke, self._feed, opts)
+        except BaseException:
+            self._pool.terminate()
+            raise
+        self._window = 512 * opts.workers  # map()'s default buffersize
         _LIVE.add(self._feed)
         self._thread = threading.Thread(
             target=_drive, args=(call, self._feed, self._pool), name="poolrun-executor"

@@ -25,14 +25,18 @@ import threading
 from collections.abc import Callable
 
 import cloudpickle
-from joblib import register_parallel_backend
-from joblib._parallel_backends import (
-    AutoBatchingMixin,
-    FallbackToBackend,
-    ParallelBackendBase,
-    SequentialBackend,
-)
-from joblib.parallel import cpu_count
+
+try:
+    from joblib import register_parallel_backend
+    from joblib._parallel_backends import (
+        AutoBatchingMixin,
+        FallbackToBackend,
+        ParallelBackendBase,
+        SequentialBackend,
+    )
+    from joblib.parallel import cpu_count
+except ImportError as exc:  # pragma: no cover - joblib is an optional dependency
+    raise ImportError(f"poolrun.joblib needs joblib >= 1.5 (pip install joblib): {exc}") from None
 
 from .executor import Executor
 from .options import make_options

@@ -26,7 +26,7 @@ from dropin_funcs import (
     sleep_return,
     wait_for_file,
 )
-from funcs import hang_on, segfault_on, square
+from funcs import allocate_mb, hang_on, segfault_on, square
 from poolrun.executor import RemoteTraceback, TaskFailed
 
 
@@ -127,6 +127,14 @@ def test_timeout_fails_that_future_alone():
         wait(futures, timeout=30, return_when=FIRST_EXCEPTION)
         assert futures[3].exception(timeout=30).cause == "timeout"
         assert [f.result() for i, f in enumerate(futures) if i != 3] == [0, 1, 2, 4, 5]
+
+
+def test_memory_kill_fails_that_future_alone():
+    with poolrun.Executor(max_workers=2, max_rss="250MB") as ex:
+        futures = [ex.submit(allocate_mb(4, 400), i) for i in range(8)]
+        error = futures[4].exception(timeout=60)
+        assert isinstance(error, TaskFailed) and error.cause == "memory-limit"
+        assert [f.result() for i, f in enumerate(futures) if i != 4] == [0, 1, 2, 3, 5, 6, 7]
 
 
 def test_shutdown_cancel_futures_with_500_pending(tmp_path):

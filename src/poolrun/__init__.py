@@ -17,10 +17,12 @@ TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-    from .api import Pool, PoolClosed, Task, imap, map, task
+    from .aio import aimap, amap
+    from .api import Pool, PoolClosed, Task, imap, map, starmap, task
     from .backends.base import SetupFailed
     from .durable.queue import Queue
     from .durable.sqlite import DatabaseLocked
+    from .executor import Executor, TaskFailed
     from .report import Report
     from .results import ItemError, ItemResult, ItemsFailed, Run, RunAborted
     from .trace import Trace
@@ -31,10 +33,15 @@ _WHERE = {
     "Task": "api",
     "imap": "api",
     "map": "api",
+    "starmap": "api",
+    "amap": "aio",
+    "aimap": "aio",
     "task": "api",
     "SetupFailed": "backends.base",
     "Queue": "durable.queue",
     "DatabaseLocked": "durable.sqlite",
+    "Executor": "executor",
+    "TaskFailed": "executor",
     "Report": "report",
     "ItemError": "results",
     "ItemResult": "results",
@@ -45,6 +52,7 @@ _WHERE = {
 }
 __all__ = [
     "DatabaseLocked",
+    "Executor",
     "ItemError",
     "ItemResult",
     "ItemsFailed",
@@ -56,9 +64,13 @@ __all__ = [
     "RunAborted",
     "SetupFailed",
     "Task",
+    "TaskFailed",
     "Trace",
+    "aimap",
+    "amap",
     "imap",
     "map",
+    "starmap",
     "task",
 ]
 __version__ = "0.1.0"

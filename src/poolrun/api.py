@@ -1,4 +1,4 @@
-"""The public Python API: ``task``, ``map``, ``imap`` and ``Pool``.
+"""The public Python API: ``task``, ``map``, ``imap``, ``starmap`` and ``Pool``.
 
 ``map``/``imap`` without a pool start workers for the one call and stop them after it;
 ``Pool`` keeps them warm across calls, and may be shared between threads. Either way a call
@@ -12,7 +12,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 from .backends.base import Backend
 from .calls import FailureBudgetExceeded
@@ -230,6 +230,24 @@ def _one_shot_stream(
         yield from _stream(_Call(supervisor, fn, items, opts))
 
 
+class _Starred:
+    """``fn(*item)`` for each tuple ``item``: what ``starmap`` runs (picklable, unlike a
+    lambda; named after ``fn``'s module so a forkserver preloads that module)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__module__ = getattr(fn, "__module__", None) or __name__
+
+    def __call__(self, args: Iterable[Any]) -> Any:
+        return self.fn(*args)
+
+
+def starmap(fn: Callable[..., Any], items: Iterable[Iterable[Any]], **options: Any) -> Run:
+    """``fn(*args)`` for each tuple in ``items``: :func:`map` for functions of several
+    arguments, as ``multiprocessing.Pool.starmap``."""
+    return map(_Starred(fn), items, **options)
+
+
 class PoolClosed(RuntimeError):
     """The pool was closed or terminated while a call was still running on it."""
 
@@ -282,6 +300,26 @@ class Pool:
         supervisor, opts = self._ready(overrides)
         return _stream(_Call(supervisor, fn, items, opts))
 
+    def starmap(
+        self, fn: Callable[..., Any], items: Iterable[Iterable[Any]], **overrides: Any
+    ) -> Run:
+        """``fn(*args)`` for each tuple in ``items`` (see :func:`starmap`)."""
+        return self.map(_Starred(fn), items, **overrides)
+
+    async def amap(self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any) -> Run:
+        """``await pool.amap(...)``: :meth:`map` without blocking the event loop."""
+        from .aio import pool_amap
+
+        return await pool_amap(self, fn, items, overrides)
+
+    def aimap(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], **overrides: Any
+    ) -> AsyncIterator[ItemResult]:
+        """``async for r in pool.aimap(...)``: :meth:`imap` for asyncio."""
+        from .aio import pool_aimap
+
+        return pool_aimap(self, fn, items, overrides)
+
     def close(self) -> None:
         """Let workers finish and exit; returns once every one has (calls still running in
         other threads fail with :class:`PoolClosed`)."""
@@ -329,6 +367,9 @@ class Task:
 
     def imap(self, items: Iterable[Any], **overrides: Any) -> Iterator[ItemResult]:
         return imap(self.fn, items, **{**self.options, **overrides})
+
+    def starmap(self, items: Iterable[Iterable[Any]], **overrides: Any) -> Run:
+        return starmap(self.fn, items, **{**self.options, **overrides})
 
 
 def task(fn: Callable[[Any], Any] | None = None, **options: Any) -> Any:

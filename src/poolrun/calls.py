@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from . import worker
 from .batching import BatchSizer
 from .faults import ALONE, FAIL, FaultPolicy
+from .feed import Feed
 from .options import Options
 from .ratelimit import TokenBucket
 from .results import ItemError, Segment
@@ -100,6 +101,7 @@ class Call:
         )
         self.policy = FaultPolicy(options.retries)
         self._items = iter(items)
+        self.feed = items if isinstance(items, Feed) else None  # open-ended input: see feed.py
         self.requeued: deque[Batch] = deque()
         self.retries: list[tuple[float, int, Segment, int, Any]] = []
         self.pending: deque[Segment] = deque()  # ordered mode: unreleased, in input order
@@ -175,12 +177,20 @@ class Call:
             return None
 
     def _fresh_batch(self, new_id: Iterator[int], allowed: int | None = None) -> Batch | None:
-        remaining = None if self.total is None else max(self.total - self.consumed, 0)
+        if self.feed is not None:  # a feed that runs dry is not exhausted, unless closed
+            remaining = self.feed.pending()
+            if remaining is None:
+                self.exhausted = True
+                return None
+        else:
+            remaining = None if self.total is None else max(self.total - self.consumed, 0)
         size = self.sizer.next_size(remaining)
         if allowed is not None:
             size = min(size, allowed)
         items = list(itertools.islice(self._items, size))
-        if len(items) < size or remaining == len(items):
+        if self.feed is not None:  # closed while we read (or only cancelled items were left)
+            self.exhausted = self.feed.pending() is None
+        elif len(items) < size or remaining == len(items):
             self.exhausted = True
         if not items:
             return None
@@ -246,11 +256,11 @@ class Call:
             if err is None:
                 self.finish_item(segment, pos, ev.values[i], ev.durations[i], ev.worker, ev.batch)
                 continue
-            _, kind, message, tb, retryable = err
+            _, kind, message, tb, retryable, pickled = err
             if retryable and segment.attempts(pos) <= self.opts.retries:
                 self.schedule_retry(segment, pos, item)
             else:
-                error = ItemError(kind, message, tb, "exception")
+                error = ItemError(kind, message, tb, "exception", pickled)
                 self.finish_item(segment, pos, None, ev.durations[i], ev.worker, ev.batch, error)
 
     def on_rejected(self, ev: BatchRejected, batch: Batch) -> None:

@@ -28,16 +28,47 @@ if TYPE_CHECKING:
 
 
 class ItemError(
-    namedtuple("ItemError", "type message traceback cause", defaults=("", "exception"))
+    namedtuple(
+        "ItemError", "type message traceback cause pickled", defaults=("", "exception", None)
+    )
 ):
     """Why one item failed: ``type``, ``message``, ``traceback`` and ``cause``, which says
     what kind of failure it was: ``"exception"`` (the function raised), ``"timeout"``,
-    ``"memory-limit"``, ``"worker-died: SIGSEGV"`` (or ``"worker-died: exit 3"``)."""
+    ``"memory-limit"``, ``"worker-died: SIGSEGV"`` (or ``"worker-died: exit 3"``).
+    ``pickled`` is the raised exception itself, pickled in the worker (``None`` when it did
+    not pickle; see :meth:`exception`); it is left out of the repr and of comparisons."""
 
     __slots__ = ()
 
+    def __repr__(self) -> str:
+        return (
+            f"ItemError(type={self.type!r}, message={self.message!r}, "
+            f"traceback={self.traceback!r}, cause={self.cause!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ItemError) and self[:4] == other[:4]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:4])
+
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type
+
+    def exception(self) -> BaseException | None:
+        """The exception the function raised, with its own type, when it could be sent back
+        (it pickled in the worker and unpickles here); ``None`` otherwise."""
+        if self.pickled is None:
+            return None
+        import pickle
+
+        try:
+            return pickle.loads(self.pickled)
+        except Exception:
+            return None
 
 
 class ItemResult(

@@ -60,6 +60,7 @@ from .backends.base import (
 )
 from .calls import Batch, Call
 from .faults import EXTERNAL_CAUSES, FaultPolicy
+from .feed import Feed
 from .options import Options
 from .results import Segment
 from .stats import Stats
@@ -107,6 +108,8 @@ class Supervisor:
         total: int | None,
     ) -> Call:
         spec = FunctionSpec(fn, opts.retry_on, opts.timeout, opts.max_rss)
+        if isinstance(items, Feed):
+            items.wake = self.backend.wake  # a put into an empty feed wakes the loop
         with self.lock:
             if self.fatal is not None:
                 raise self.fatal
@@ -213,9 +216,9 @@ class Supervisor:
 
     def _waiting_calls(self) -> bool:
         """Is any open call waiting for something other than a result (a retry's backoff,
-        rate-limit tokens, or its consumer to make room)?"""
+        rate-limit tokens, its consumer to make room, or items put into its feed)?"""
         return any(
-            c.retries or c.throttled or c.requeued or c.tokens_at is not None
+            c.retries or c.throttled or c.requeued or c.tokens_at is not None or c.feed is not None
             for c in self.calls
             if not c.over
         )

@@ -109,7 +109,7 @@ def run_batch(
     retry_on: tuple[type[BaseException], ...],
     track_start: bool = True,
     timed: bool = True,
-) -> tuple[list[Any], Sequence[float], list[tuple[int, str, str, str, bool]] | None]:
+) -> tuple[list[Any], Sequence[float], list[Failure] | None]:
     """Run ``fn`` over ``items``, each in its own ``try``; returns values, durations, errors.
 
     Durations go in an ``array('d')``: it pickles as one block of bytes, not as many floats.
@@ -129,8 +129,21 @@ def run_batch(
     return values, durations, errors
 
 
-def _failure(pos: int, exc: BaseException, retry_on: tuple) -> tuple[int, str, str, str, bool]:
-    return (pos, *describe_exception(exc), isinstance(exc, retry_on))
+Failure = tuple[int, str, str, str, bool, bytes | None]  # pos, type, message, tb, retry, exc
+
+
+def _failure(pos: int, exc: BaseException, retry_on: tuple) -> Failure:
+    return (pos, *describe_exception(exc), isinstance(exc, retry_on), _pickled(exc))
+
+
+def _pickled(exc: BaseException) -> bytes | None:
+    """The exception itself, pickled, so that the caller can raise it with its own type (an
+    Executor's future does); ``None`` when it does not pickle (type, message and traceback
+    still travel)."""
+    try:
+        return dumps(exc)
+    except Exception:
+        return None
 
 
 def _run_timed(fn, items, slot, retry_on, track_start):
@@ -174,7 +187,7 @@ def encode_result(
     batch_id: int,
     values: list[Any],
     durations: array,
-    errors: list[tuple[int, str, str, str, bool]] | None,
+    errors: list[Failure] | None,
     extra: tuple,
 ) -> bytes:
     """Pickle a batch result; values that cannot be pickled become those items' errors."""
@@ -189,7 +202,7 @@ def encode_result(
         except Exception as exc:
             values[pos] = None
             kind, message, _ = describe_exception(exc, skip_frames=0)
-            errors.append((pos, kind, f"result cannot be sent back: {message}", "", False))
+            errors.append((pos, kind, f"result cannot be sent back: {message}", "", False, None))
     errors.sort()
     return dumps(("done", batch_id, values, durations, errors, *extra))
 

@@ -41,36 +41,68 @@ class LatencyHistogram:
     """Item durations in log-spaced bins (2% wide): exact enough for p50/p95/p99.
 
     Plain Python on purpose: numpy would cost the supervisor ~80 ms of import on a run's
-    first batch, more than many whole runs take. One ``log10`` per timed item is cheap next
-    to the item itself (items under ~2 µs arrive as a :class:`Uniform`, one bin for all).
+    first batch, more than many whole runs take. Binning costs a ``log10`` per timed item,
+    supervisor time that two workers on two cores feel, so batches wait unbinned (their
+    duration arrays, which the results hold anyway) and are binned when a figure is read,
+    or once :data:`PENDING_ITEMS` items wait (memory stays bounded on a streamed run).
+    Items under ~2 µs arrive as a :class:`Uniform`: one bin for all of them, at once.
     """
 
+    PENDING_ITEMS = 200_000
+
     def __init__(self) -> None:
-        self.counts = [0] * _NBINS
-        self.total = 0.0
-        self.n = 0
+        self._counts = [0] * _NBINS
+        self._total = 0.0
+        self._n = 0
+        self._pending: list[Sequence[float]] = []
+        self._pending_items = 0
 
     def add(self, durations: Sequence[float]) -> None:
         if not len(durations):
             return
-        counts = self.counts
         if isinstance(durations, Uniform):  # one value, n times: one bin
-            self.total += durations.value * durations.n
-            self.n += durations.n
-            counts[_bin(durations.value)] += durations.n
+            self._total += durations.value * durations.n
+            self._n += durations.n
+            self._counts[_bin(durations.value)] += durations.n
             return
-        self.total += math.fsum(durations)
-        self.n += len(durations)
-        for index in map(_bin, durations):
-            counts[index] += 1
+        self._pending.append(durations)
+        self._pending_items += len(durations)
+        if self._pending_items >= self.PENDING_ITEMS:
+            self._flush()
+
+    def _flush(self) -> None:
+        counts = self._counts
+        for durations in self._pending:
+            self._total += math.fsum(durations)
+            self._n += len(durations)
+            for index in map(_bin, durations):
+                counts[index] += 1
+        self._pending.clear()
+        self._pending_items = 0
+
+    @property
+    def counts(self) -> list[int]:
+        self._flush()
+        return self._counts
+
+    @property
+    def total(self) -> float:
+        """Seconds inside the function, all items together."""
+        self._flush()
+        return self._total
+
+    @property
+    def n(self) -> int:
+        self._flush()
+        return self._n
 
     def percentile(self, q: float) -> float | None:
         if self.n == 0:
             return None
         rank = max(math.ceil(q / 100.0 * self.n), 1)
-        seen, idx = 0, 0
+        seen, idx, counts = 0, 0, self.counts
         while seen < rank:
-            seen += self.counts[idx]
+            seen += counts[idx]
             idx += 1
         idx -= 1
         centre = _LOW_EXP + (idx - 0.5) / _BINS_PER_DECADE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poolrun.batching import BatchSizer
+from poolrun.batching import WARMUP_BATCHES, BatchSizer
 
 
 def test_grows_under_a_fast_clock_until_the_target():
@@ -26,12 +26,21 @@ def test_first_measurement_sets_the_size_from_the_time_per_item():
     assert sizer.next_size() == 1000
 
 
-def test_growth_is_capped_per_step_after_the_first_measurement():
+def test_growth_is_capped_per_step_after_the_warm_up():
     sizer = BatchSizer(workers=2, target_seconds=1.0)
-    sizer.observe(1, busy_seconds=0.1)
+    for _ in range(WARMUP_BATCHES):
+        sizer.observe(1, busy_seconds=0.1)
     assert sizer.next_size() == 10
     sizer.observe(10, busy_seconds=10e-9)
     assert sizer.next_size() == 40
+
+
+def test_a_slow_first_item_does_not_keep_batches_small():
+    sizer = BatchSizer(workers=2, target_seconds=0.02)
+    sizer.observe(1, busy_seconds=5e-3)  # a fresh worker's first item: imports, page faults
+    assert sizer.next_size() == 4
+    sizer.observe(1, busy_seconds=0.25e-3)  # the same work, warm
+    assert sizer.next_size() == 80  # straight to 20 ms worth, no 4x steps
 
 
 def test_a_large_batch_outweighs_the_small_ones_before_it():
@@ -43,7 +52,8 @@ def test_a_large_batch_outweighs_the_small_ones_before_it():
 
 def test_shrinks_when_items_get_slow():
     sizer = BatchSizer(workers=2, target_seconds=0.02, initial=1000)
-    sizer.observe(1000, busy_seconds=1000 * 1e-6)
+    for _ in range(WARMUP_BATCHES):
+        sizer.observe(1000, busy_seconds=1000 * 1e-6)
     sizer.observe(1000, busy_seconds=1000 * 1e-3)
     sizer.observe(1000, busy_seconds=1000 * 1e-3)
     assert sizer.next_size() < 40

@@ -7,10 +7,11 @@ function, the data and the machine, and changes as a run goes on.
 The policy, fed after each batch with how long its items took and the worker's RSS:
 
 * **time**: aim for batches that run about ``target_seconds``, which makes the per-batch IPC
-  cost negligible. The first measurement sets the size straight from the time per item (a
-  ramp from 1 in 4x steps cost a short run most of its batches in round trips); after that,
-  growth is capped at 4x per step so one fast batch cannot overshoot, and the time per item
-  is averaged with each batch weighted by its item count;
+  cost negligible. The first :data:`WARMUP_BATCHES` measurements set the size straight from
+  the fastest time per item seen (a ramp from 1 in 4x steps cost a short run most of its
+  batches in round trips, and a fresh worker's first item is slow with one-time costs);
+  after that, growth is capped at 4x per step so one fast batch cannot overshoot, and the
+  time per item is averaged with each batch weighted by its item count;
 * **balance**: when the number of items left is known, never hand one worker more than a
   fair share of what remains, so no worker idles while another finishes a big last batch
   (but never less than a tenth of the time-based size, so the tail is a few batches, not
@@ -26,6 +27,7 @@ import math
 
 GROWTH_CAP = 4.0
 TAIL_FRACTION = 10  # the balance rule never cuts a batch below size // TAIL_FRACTION
+WARMUP_BATCHES = 8  # the first batches set the size straight from the time (no growth cap)
 SOFT_RSS_FRACTION = 0.75  # batches are sized to keep a worker's peak RSS below this share
 RECYCLE_PEAK_FRACTION = 0.9  # a worker that peaked above this share is replaced
 
@@ -57,6 +59,7 @@ class BatchSizer:
         self.per_item_bytes = 0.0
         self.last_rss = 0
         self.last_n = 0
+        self.observed = 0  # batches seen
         # Why the size is what it is, for the live view; set where each rule decides, from
         # strings made once here so that deciding costs one store and no formatting.
         self._why = {
@@ -92,14 +95,17 @@ class BatchSizer:
         if n <= 0 or self.fixed is not None:
             return
         per_item = max(busy_seconds, 0.0) / n
-        first = self.per_item_seconds is None
-        if first:
+        self.observed += 1
+        warming = self.observed <= WARMUP_BATCHES
+        if self.per_item_seconds is None or (warming and per_item < self.per_item_seconds):
+            # a fresh worker's first items pay one-time costs (imports, caches, page
+            # faults): while warming up, the fastest time seen is the one to size by
             self.per_item_seconds = per_item
-        else:
+        elif not warming:
             weight = max(0.5, n / (n + self.last_n))
             self.per_item_seconds += weight * (per_item - self.per_item_seconds)
         self.last_n = n
-        wanted = self._first_size() if first else self._time_size(n)
+        wanted = self._first_size() if warming else self._time_size(n)
         if self.max_rss:
             by_memory = self._memory_size(n, rss_start, rss_peak)
             if by_memory < wanted:

@@ -23,7 +23,7 @@ import time
 
 RECALIBRATE_SECONDS = 0.1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_GONE: list[type[Exception]] = [OSError, ValueError, IndexError]  # what "it exited" raises
+_GONE = (OSError, ValueError, IndexError)  # what reading /proc raises once the process exited
 
 
 def _proc_rss(pid: int) -> int:
@@ -46,7 +46,6 @@ def _psutil_readers(pid: int):  # type: ignore[no-untyped-def]
     import psutil
 
     process = psutil.Process(pid)
-    _GONE.append(psutil.Error)
 
     def rss(_: int) -> int:
         return process.memory_info().rss
@@ -55,7 +54,7 @@ def _psutil_readers(pid: int):  # type: ignore[no-untyped-def]
         full = process.memory_full_info()
         return full.uss, full.rss
 
-    return rss, uss_rss
+    return rss, uss_rss, (*_GONE, psutil.Error)
 
 
 class PrivateMemory:
@@ -65,9 +64,9 @@ class PrivateMemory:
     def __init__(self, pid: int | None = None) -> None:
         self.pid = pid or os.getpid()
         if os.path.exists("/proc/self/smaps_rollup"):
-            self._rss, self._uss_rss = _proc_rss, _proc_uss_rss
+            self._rss, self._uss_rss, self._gone = _proc_rss, _proc_uss_rss, _GONE
         else:
-            self._rss, self._uss_rss = _psutil_readers(self.pid)
+            self._rss, self._uss_rss, self._gone = _psutil_readers(self.pid)
         self.peak = 0
         self._uss = 0
         self._rss_then = 0
@@ -77,7 +76,7 @@ class PrivateMemory:
         """Private bytes now; ``None`` once the process is gone."""
         try:
             return self._read()
-        except tuple(_GONE):
+        except self._gone:
             return None
 
     def _read(self) -> int:

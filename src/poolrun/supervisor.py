@@ -282,8 +282,9 @@ class Supervisor:
             self.retiring.discard(w)
             self.inflight.pop(w, None)
             self.inflight[self.backend.retire(w)] = deque()
-            self._count_everywhere("recycled", "restarts")
             for c in self.calls:
+                c.stats.count("recycled")
+                c.stats.count("restarts")
                 c.trace.mark(w, "recycled (memory)", time.perf_counter())
 
     # -- events ------------------------------------------------------------------------
@@ -337,7 +338,7 @@ class Supervisor:
         cause = FaultPolicy.confirmed_cause(ev.cause, self.kill_targets.pop(w, None), ev.running)
         counters = ["worker_deaths", "restarts"]
         counters += {"timeout": ["timeouts"], "memory-limit": ["memory_kills"]}.get(cause, [])
-        batches = [b for b in map(self.batches.pop, ids, itertools.repeat(None)) if b]
+        batches = [b for b in (self.batches.pop(i, None) for i in ids) if b is not None]
         for call in {b.call for b in batches} or set(self.calls):
             for name in counters:
                 call.stats.count(name)
@@ -369,11 +370,6 @@ class Supervisor:
                 f"{self.startup_deaths:g} workers in a row died before running any item "
                 f"({cause}); the workers' own error output above says why"
             )
-
-    def _count_everywhere(self, *names: str) -> None:
-        for call in self.calls:
-            for name in names:
-                call.stats.count(name)
 
     # -- deadlines ---------------------------------------------------------------------
 
@@ -416,11 +412,8 @@ class Supervisor:
     def _police_start(self, w: int, starting: tuple[str, int, float], now: float) -> None:
         """A worker still starting (initializer) or loading a call's function past its
         ``start_timeout`` is killed, and what it was doing fails with ``SetupFailed``."""
-        phase, fn_id, since = starting
-        calls = [c for c in self.calls if not c.over]
-        if phase == "loading":
-            calls = [c for c in calls if c.fn_id == fn_id]
-        limit = min((c.opts.start_timeout for c in calls), default=None)
+        phase, _, since = starting
+        calls, limit = self._start_limit(starting)
         if limit is None or now - since <= limit:
             return
         self.kill_targets[w] = None
@@ -435,14 +428,23 @@ class Supervisor:
         for c in calls:
             c.fail(error)
 
+    def _start_limit(self, starting: tuple[str, int, float]) -> tuple[list[Call], float | None]:
+        """The open calls waiting on a starting worker (all of them for its initializer,
+        the function's calls while it loads one), and the shortest ``start_timeout``."""
+        phase, fn_id, _ = starting
+        calls = [c for c in self.calls if not c.over]
+        if phase == "loading":
+            calls = [c for c in calls if c.fn_id == fn_id]
+        return calls, min((c.opts.start_timeout for c in calls), default=None)
+
     def _wait_seconds(self, now: float) -> float | None:
         deadlines = []
         for w, ids in self.inflight.items():
             starting = self.backend.starting(w)
             if starting is not None:
-                limits = [c.opts.start_timeout for c in self.calls if not c.over]
-                if limits:
-                    deadlines.append(starting[2] + min(limits))
+                limit = self._start_limit(starting)[1]
+                if limit is not None:
+                    deadlines.append(starting[2] + limit)
             call = self._call_of(w) if ids else None
             if call is None:
                 continue

@@ -190,11 +190,14 @@ class Job:
         self.progress.follow(lambda: self.stream.call, lambda: (self.done, self.failed))
 
     def _show_progress(self) -> None:
+        total = self.feed.estimated_lines()
         if self.counter is not None and self.counter.total is not None:
-            self.progress.total = self.counter.total
-            if self.progress.bar is not None:
-                self.progress.bar.total = self.counter.total
+            total = self.counter.total
             self.counter = None
+        if total is not None and total != self.progress.total:
+            self.progress.total = total
+            if self.progress.bar is not None:
+                self.progress.bar.total = total
         done, failed = self.shown
         self.shown = (self.done, self.failed)
         size = self.feed.batch_lines or self.stream.batch_size

@@ -114,7 +114,7 @@ def run(guard: Guard, spec: str, input: str, resume: bool, **flags: Any) -> int:
             guard,
             display,
             resumed,
-            _counter(source, start.offset) if display.shows_progress else None,
+            _counter(source, start.offset) if display.shows_progress and not ranged else None,
             start.failed,
             budget,
             targets.trace,
@@ -163,7 +163,8 @@ def _range_feed(task: LineTask, source: Input, start: Mark, options: dict[str, A
 
 
 def _counter(source: Input, offset: int) -> LineCounter | None:
-    """A background line count for the progress total, where the input can be read twice.
+    """A background line count for the progress total of the line path, where the input
+    can be read twice (byte ranges extrapolate theirs from bytes per line instead).
 
     Its thread starts after the workers (see ``Job._show_progress``): a thread running when
     they start makes ``start_method="auto"`` fall back to the forkserver."""

@@ -53,7 +53,7 @@ def test_watch_follows_a_running_job_to_its_end(job_files):
     job.stderr.close()
     text = term.text
     assert text.count("throughput") >= 2  # it drew the job while it ran, not only the end
-    assert "ETA" in text  # the job counted its input lines for the watcher
+    assert "ETA" in text  # the job estimated its input lines for the watcher
     assert "w1 pid" in text and "w2 pid" in text
     final = text[text.rindex("finished in") - 2000 :]
     assert "1,500 / 1,500 items" in final and "1 failed" in final

@@ -8,9 +8,7 @@ process starts.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import re
 from collections import namedtuple
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -32,7 +30,7 @@ _SIZE_UNITS = {
     "GIB": 1024**3,
     "TIB": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$"
 
 
 # An empty worker holds about 10 MB of its own (private) memory; a limit below this could
@@ -54,7 +52,9 @@ def parse_size(value: int | float | str | None, name: str = "max_rss") -> int | 
         raise TypeError(
             f"{name} must be a size like '1GB', '512MiB' or a byte count, not {value!r}"
         )
-    match = _SIZE_RE.match(value)
+    import re  # only a size given as text needs it, and it costs the first call ~3 ms
+
+    match = re.match(_SIZE_PATTERN, value)
     unit = match.group(2).upper() if match else None
     if not match or unit not in _SIZE_UNITS:
         raise ValueError(
@@ -192,9 +192,12 @@ def _validated(o: Options) -> Options:
         )
     if not isinstance(o.backoff, int | float) or isinstance(o.backoff, bool) or o.backoff < 0:
         raise ValueError(f"backoff must be a number of seconds >= 0, not {o.backoff!r}")
-    methods = ["auto", *multiprocessing.get_all_start_methods()]
-    if o.start_method not in methods:
-        raise ValueError(f"start_method={o.start_method!r}; allowed: {', '.join(methods)}")
+    if o.start_method != "auto":  # multiprocessing is not imported unless it starts workers
+        import multiprocessing
+
+        methods = ["auto", *multiprocessing.get_all_start_methods()]
+        if o.start_method not in methods:
+            raise ValueError(f"start_method={o.start_method!r}; allowed: {', '.join(methods)}")
     if o.backend not in ("local", "dask"):
         raise ValueError(f"backend={o.backend!r}; allowed: 'local', 'dask'")
     if o.scheduler is not None and o.backend != "dask":

@@ -213,5 +213,3 @@ class Stats:
 
         self.ended = self.ended or time.perf_counter()
         return Report.from_stats(self)
-
-

@@ -23,12 +23,16 @@ Three things keep a worker from ever being a problem for its supervisor:
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import sys
 import threading
 import time
+
+# The C pickler itself: ``pickle`` is a Python wrapper around it whose import (with ``re``)
+# costs a one-call script ~5 ms, for the same two functions.
+from _pickle import dumps as _dumps
+from _pickle import loads
 from array import array
 from collections.abc import Callable, Sequence
 
@@ -56,12 +60,13 @@ INHERITED: dict[int, Any] = {}
 
 
 def dumps(message: Any) -> bytes:
-    return pickle.dumps(message, protocol=PROTOCOL)
+    return _dumps(message, protocol=PROTOCOL)
 
 
 def describe_exception(exc: BaseException, skip_frames: int = 1) -> tuple[str, str, str]:
     """(type, message, traceback) with poolrun's own frames cut, so it points at user code."""
     import traceback  # only failures need it
+
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
@@ -218,8 +223,9 @@ def send(conn: Any, message: bytes) -> None:
 def _watch_supervisor(pid: int) -> None:
     """Exit this worker as soon as the supervisor process is gone."""
     try:
-        fd = os.pidfd_open(pid)
-        select.select([fd], [], [])
+        poller = select.poll()  # not select(), which refuses descriptors past 1023
+        poller.register(os.pidfd_open(pid), select.POLLIN)
+        poller.poll()
     except (AttributeError, OSError):
         import psutil
 
@@ -261,15 +267,45 @@ def tune_malloc(memory_limited: bool) -> None:
     """
     if any(name.startswith("MALLOC_") for name in os.environ):
         return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
+    mallopt = _mallopt()
+    if mallopt is None:  # not glibc
         return
     keep = GLIBC_DEFAULT_THRESHOLD if memory_limited else KEEP_FREED_BYTES
     mallopt(M_MMAP_THRESHOLD, max(GLIBC_DEFAULT_THRESHOLD, keep // 4))
     mallopt(M_TRIM_THRESHOLD, keep)
+
+
+_MALLOPT: list[Any] = []
+
+
+def _mallopt() -> Any:
+    """glibc's ``mallopt``, or ``None``: made from ``_ctypes``, the C core of ``ctypes``,
+    because ``import ctypes`` costs a fresh worker ~3 ms before its first item and this is
+    the one C function poolrun calls."""
+    if not _MALLOPT:
+        try:
+            import _ctypes
+
+            class _Int(_ctypes._SimpleCData):  # type: ignore[name-defined,misc]
+                _type_ = "i"
+
+            class _CFunction(_ctypes.CFuncPtr):  # type: ignore[name-defined,misc]
+                _flags_ = _ctypes.FUNCFLAG_CDECL
+                _restype_ = _Int
+
+            class _Libc:
+                _handle = _ctypes.dlopen(None, 0)  # type: ignore[attr-defined]
+
+            _MALLOPT.append(_CFunction(("mallopt", _Libc())))
+        except (ImportError, OSError, AttributeError):
+            _MALLOPT.append(None)
+    return _MALLOPT[0]
+
+
+def warm_up() -> None:
+    """Made once in the fork template, when it is first idle, so the workers it forks later
+    inherit it instead of each making it."""
+    _mallopt()
 
 
 class BatchPipeline:
@@ -290,7 +326,7 @@ class BatchPipeline:
         retry_on: tuple[type[BaseException], ...],
         slot: memoryview,
         track_start: bool,
-        loads: Callable[[bytes], Any] = pickle.loads,
+        loads: Callable[[bytes], Any] = loads,
         runner: Callable[[list[Any]], Any] | None = None,
         extra: tuple = (),
     ) -> tuple[bytes, int, int]:
@@ -326,7 +362,7 @@ class BatchPipeline:
 def load_function(payload: bytes) -> tuple[Any, tuple[type[BaseException], ...], Any, Any]:
     """(fn, retry_on, timeout, max_rss) from a registered payload; the function itself may
     be a token for one this process inherited from its fork template."""
-    fn, retry_on, timeout, max_rss, token = pickle.loads(payload)  # cloudpickle's too
+    fn, retry_on, timeout, max_rss, token = loads(payload)  # cloudpickle's too
     if token is not None:
         fn = INHERITED[token]
     return fn, retry_on, timeout, max_rss
@@ -350,7 +386,7 @@ class WorkerLoop:
     def serve(self) -> None:
         while True:
             try:
-                message = pickle.loads(self.conn.recv_bytes())
+                message = loads(self.conn.recv_bytes())
             except (EOFError, OSError):
                 os._exit(EXIT_SUPERVISOR_GONE)
             kind = message[0]
@@ -369,7 +405,7 @@ class WorkerLoop:
         """Unpickle a batch; objects of classes from the caller's main script make this
         worker import that script (once, as ``__mp_main__``) and try again."""
         try:
-            return pickle.loads(payload)
+            return loads(payload)
         except (AttributeError, ImportError) as exc:
             if not self.main_ref or "__main__" not in str(exc):
                 raise
@@ -377,7 +413,7 @@ class WorkerLoop:
 
         main_ref, self.main_ref = self.main_ref, None
         spawn.prepare(main_ref)
-        return pickle.loads(payload)
+        return loads(payload)
 
     def install(self, fn_id: int, payload: bytes) -> None:
         self.slot[SLOT_BATCH], self.slot[SLOT_STARTED] = fn_id, time.perf_counter()
@@ -424,9 +460,7 @@ def main(
     _pin_native_threads(blas_threads)
     if initializer is not None:
         try:
-            init, initargs = (
-                pickle.loads(initializer) if isinstance(initializer, bytes) else initializer
-            )
+            init, initargs = loads(initializer) if isinstance(initializer, bytes) else initializer
             init(*initargs)
         except BaseException as exc:
             send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))

@@ -9,9 +9,10 @@ worker's memory after a batch, a worker died (and which item it was running).
 from __future__ import annotations
 
 import contextlib
-import pickle
 from collections import namedtuple
 from collections.abc import Callable
+
+from ..worker import dumps
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -22,9 +23,7 @@ if TYPE_CHECKING:
 # record to make and to define (a dataclass costs ~0.7 ms at import, and the dataclasses
 # module itself ~8 ms, on the path of every first call).
 
-BatchDone = namedtuple(
-    "BatchDone", "worker batch values durations errors started ended rss_start"
-)
+BatchDone = namedtuple("BatchDone", "worker batch values durations errors started ended rss_start")
 BatchDone.__doc__ = """A batch finished: its values, item durations and only the failed
 items' errors (position, type, message, traceback, retryable)."""
 
@@ -69,7 +68,7 @@ class FunctionSpec:
         already holds the function (inherited from its fork template): it is left out."""
         if token is not None:  # plain pickle, and no cloudpickle import on the fast path
             with contextlib.suppress(Exception):
-                return pickle.dumps((None, self.retry_on, self.timeout, self.max_rss, token))
+                return dumps((None, self.retry_on, self.timeout, self.max_rss, token))
         import cloudpickle
 
         fn = None if token is not None else self.fn

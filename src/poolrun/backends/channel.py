@@ -1,11 +1,12 @@
-"""Non-blocking sends over a ``multiprocessing`` pipe, for a single-threaded supervisor.
+"""Non-blocking sends over a worker's pipe, for a single-threaded supervisor.
 
 A worker reads its pipe only between batches, so a blocking write of a batch larger than the
 socket buffer would stall the supervisor until that worker finished its current batch (and
 could deadlock against a worker blocked sending a large result). Instead each message is
 framed exactly as ``Connection.send_bytes`` frames it (so the worker reads it with plain
-``recv_bytes``) and written with ``MSG_DONTWAIT``; what does not fit waits in ``pending``
-and is flushed when the supervisor's poll says the socket is writable again.
+``recv_bytes``, from a ``Connection`` or a :class:`~.wire.Wire`) and written with
+``MSG_DONTWAIT``; what does not fit waits in ``pending`` and is flushed when the
+supervisor's poll says the socket is writable again.
 No threads, no copies of the payload (``sendmsg`` gathers header and payload).
 """
 
@@ -13,21 +14,15 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from collections import deque
+
+from .wire import frame_header
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
 _IOV_MAX = 512
-
-
-def frame_header(size: int) -> bytes:
-    """The length prefix ``multiprocessing.connection.Connection`` expects."""
-    if size > 0x7FFFFFFF:
-        return struct.pack("!i", -1) + struct.pack("!Q", size)
-    return struct.pack("!i", size)
 
 
 class Channel:

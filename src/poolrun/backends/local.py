@@ -18,10 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
-import multiprocessing
-import multiprocessing.connection
 import os
-import pickle
 import select
 import signal
 import sys
@@ -44,6 +41,7 @@ from .base import (
 )
 from .channel import Channel
 from .template import ForkedWorker, Template, TemplateGone, fork_safety, new_slot
+from .wire import wire_pair
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -150,6 +148,22 @@ def choose_start(start_method: str) -> tuple[str, str]:
     return "forkserver", f"forking the caller was unsafe: {unsafe}"
 
 
+def _wait_all(sentinels: list[int], timeout: float) -> None:
+    """Until every sentinel (a process's pidfd or ``multiprocessing`` sentinel) is ready."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    for fd in sentinels:
+        poller.register(fd, select.POLLIN)
+    waiting = len(sentinels)
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for fd, _ in poller.poll(int(left * 1000) + 1):
+            poller.unregister(fd)
+            waiting -= 1
+
+
 def _death_cause(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         try:
@@ -193,6 +207,8 @@ class LocalBackend(Backend):
         _LIVE.add(self)
 
     def _context(self, method: str) -> Any:
+        import multiprocessing  # not on the fork template's path: it costs ~7 ms to import
+
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             context.set_forkserver_preload(["poolrun.worker", *self.preload])
@@ -204,31 +220,47 @@ class LocalBackend(Backend):
         if self.start_method == TEMPLATE and self.template is None:
             inherited = {INHERITED_TOKEN: self.inherit} if self.inherit else {}
             self.template = Template(inherited, self.init, self.blas_threads)
-        while len(self.workers) < self.size:
-            self._spawn()
+        missing = self.size - len(self.workers)
+        if missing > 0:
+            self._spawn(missing)
 
-    def _spawn(self) -> int:
+    def _spawn(self, count: int = 1) -> int:
+        """Start ``count`` workers; returns the last one's id."""
         if self.template is not None:
             try:
-                return self._spawn_from_template(self.template)
+                return self._spawn_from_template(self.template, count)
             except TemplateGone:
                 log.debug("the fork template is gone; new workers come from the forkserver")
                 self.template.close()
                 self.template = None
                 self.context = self._context("forkserver")
+        for _ in range(count - 1):
+            self._spawn_from_context()
         return self._spawn_from_context()
 
-    def _spawn_from_template(self, template: Template) -> int:
-        parent_end, child_end = multiprocessing.Pipe(duplex=True)
-        slot_fd, slot_map = new_slot()
+    def _spawn_from_template(self, template: Template, count: int) -> int:
+        """All the requests first, then the pids: the template forks them back to back."""
+        asked = []
         try:
-            pid = template.spawn(child_end.fileno(), slot_fd, main_reference())
+            for _ in range(count):
+                ours, theirs = wire_pair()
+                slot_fd, slot_map = new_slot()
+                asked.append((ours, slot_map))
+                try:
+                    template.request(theirs.fileno(), slot_fd, main_reference())
+                finally:
+                    theirs.close()
+                    os.close(slot_fd)
+            pid = 0
+            while asked:
+                pid = template.started()
+                ours, slot_map = asked.pop(0)
+                view = _starting_slot(memoryview(slot_map).cast("d"))
+                self._add(ForkedWorker(pid, template), ours, view, inherits=True, slot_map=slot_map)
         finally:
-            child_end.close()
-            os.close(slot_fd)
-        view = _starting_slot(memoryview(slot_map).cast("d"))
-        process = ForkedWorker(pid, template)
-        self._add(process, parent_end, view, inherits=True, slot_map=slot_map)
+            for ours, slot_map in asked:  # the template died before forking these
+                ours.close()
+                slot_map.close()
         return pid
 
     def _spawn_from_context(self) -> int:
@@ -295,7 +327,7 @@ class LocalBackend(Backend):
             except OSError:
                 pass
         if wait:
-            multiprocessing.connection.wait([p.sentinel for p in processes], timeout=5)
+            _wait_all([p.sentinel for p in processes], timeout=5)
         for process in processes:
             if process.is_alive():
                 process.kill()
@@ -422,7 +454,7 @@ class LocalBackend(Backend):
         selector per check; the worker's own poll object is made once)."""
         try:
             while not w.conn.closed and w.readable.poll(0):
-                events.append(self._event(w, pickle.loads(w.conn.recv_bytes())))
+                events.append(self._event(w, worker.loads(w.conn.recv_bytes())))
         except (EOFError, OSError):
             pass  # died mid-message; the sentinel reports the death
 

@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import array
 import contextlib
-import importlib
 import mmap
-import multiprocessing
-import multiprocessing.connection
-import multiprocessing.util
 import os
-import pickle
 import select
 import signal
 import socket
 import sys
 import threading
+from _pickle import dumps, loads  # not ``pickle``: see ``worker``
 
 from .. import worker
+from .wire import Wire
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -87,36 +84,66 @@ def _loaded_openmp() -> str | None:
     return None
 
 
+def ready(fd: int, timeout: float | None) -> bool:
+    """Is ``fd`` readable within ``timeout`` seconds (``None``: wait)? ``poll``, not
+    ``select``, which fails on descriptors past 1023 in a process with many files open."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+
+
 class TemplateGone(RuntimeError):
     """The template exited (killed from outside): callers start workers another way."""
 
 
 class Template:
-    """The supervisor's handle on the template process."""
+    """The supervisor's handle on the template process.
+
+    The template is forked with ``os.fork`` rather than as a ``multiprocessing.Process``:
+    importing ``multiprocessing`` costs a one-call script ~7 ms, and the template needs none
+    of it (it is reaped here, through its pidfd, like the workers it forks).
+    """
 
     def __init__(self, inherited: dict[int, Any], initializer: Any, blas_threads: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        context = multiprocessing.get_context("fork")
-        self.process = context.Process(
-            target=_template_main,
-            args=(theirs, ours.fileno(), os.getpid(), inherited, initializer, blas_threads),
-            name="poolrun-template",
-        )
-        self.process.start()
+        supervisor_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the template
+            code = 1
+            try:
+                ours.close()
+                _template_main(theirs, supervisor_pid, inherited, initializer, blas_threads)
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
         theirs.close()
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
         self.sock = ours
         self.inherited = set(inherited)
         self.exits: dict[int, int] = {}  # pid -> wait status, reported by the template
         self.alive = True
 
-    def spawn(self, conn_fd: int, slot_fd: int, main_ref: dict[str, str]) -> int:
-        """Fork a worker from the template; returns its pid."""
+    def request(self, conn_fd: int, slot_fd: int, main_ref: dict[str, str]) -> None:
+        """Ask for a worker on this pipe and slot; :meth:`started` gives its pid. Requests
+        can be sent ahead: the template answers them in order, so a pool's workers are
+        forked back to back without a round trip each."""
         if not self.alive:
             raise TemplateGone("the fork template has exited")
-        message = pickle.dumps(("spawn", main_ref))
-        fds = array.array("i", [conn_fd, slot_fd])
+        fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn_fd, slot_fd]))]
         try:
-            self.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            self.sock.sendmsg([dumps(("spawn", main_ref))], fds)
+        except OSError:
+            self.alive = False
+            raise TemplateGone("the fork template has exited") from None
+
+    def started(self) -> int:
+        """The pid of the worker forked for the oldest unanswered request."""
+        try:
             while True:
                 reply = self._receive(block=True)
                 if reply[0] == "started":
@@ -133,26 +160,28 @@ class Template:
         return self.exits.pop(pid, None)
 
     def _receive(self, block: bool) -> tuple:
-        if not block and not select.select([self.sock], [], [], 0)[0]:
+        if not block and not ready(self.sock.fileno(), 0):
             return ("nothing",)
         data = self.sock.recv(_MAX_MESSAGE)
         if not data:
             self.alive = False
             raise EOFError
-        message = pickle.loads(data)
+        message = loads(data)
         if message[0] == "exited":
             self.exits[message[1]] = message[2]
         return message
 
     def close(self) -> None:
-        """Tell the template to exit and wait for it (SIGKILL if it does not go)."""
+        """Tell the template to exit and reap it (SIGKILL if it does not go in 5 s)."""
         self.alive = False
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
+        if not ready(self.pidfd, 5):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        os.close(self.pidfd)
 
 
 class ForkedWorker:
@@ -171,7 +200,7 @@ class ForkedWorker:
         return self.pidfd
 
     def is_alive(self) -> bool:
-        return not self._status_known and not select.select([self.pidfd], [], [], 0)[0]
+        return not self._status_known and not ready(self.pidfd, 0)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -180,7 +209,7 @@ class ForkedWorker:
     def join(self, timeout: float | None = None) -> None:
         if self._status_known:
             return
-        if not select.select([self.pidfd], [], [], timeout)[0]:
+        if not ready(self.pidfd, timeout):
             return
         status = self.template.exit_status(self.pid)
         self._status_known = True
@@ -201,7 +230,6 @@ def _exitcode(status: int) -> int:
 
 def _template_main(
     sock: socket.socket,
-    supervisors_end: int,
     supervisor_pid: int,
     inherited: dict[int, Any],
     initializer: Any,
@@ -209,18 +237,22 @@ def _template_main(
 ) -> None:
     """Fork workers on request, reap them, report their exits; leave with the supervisor."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    os.close(supervisors_end)  # or the supervisor closing it would never reach us as EOF
+    _detach_from_caller()
     _set_process_name(PROCESS_NAME)
     worker.INHERITED.update(inherited)
-    _warm_up()
 
     supervisor = os.pidfd_open(supervisor_pid)
     children: dict[int, int] = {}  # pidfd -> pid
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     poller.register(supervisor, select.POLLIN)
+    warm = False
     while True:
-        for fd, _ in poller.poll():
+        ready = poller.poll(None if warm else 0)
+        if not ready:  # idle for the first time: the first workers are forked by now
+            worker.warm_up()
+            warm = True
+        for fd, _ in ready:
             if fd == supervisor:
                 return
             if fd == sock.fileno():
@@ -235,20 +267,32 @@ def _template_main(
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                sock.send(pickle.dumps(("started", pid)))
+                sock.send(dumps(("started", pid)))
             else:
                 pid = children.pop(fd)
                 poller.unregister(fd)
                 os.close(fd)
                 _, status = os.waitpid(pid, 0)
                 with contextlib.suppress(OSError):
-                    sock.send(pickle.dumps(("exited", pid, status)))
+                    sock.send(dumps(("exited", pid, status)))
 
 
-def _warm_up() -> None:
-    """Import once, here, what every worker will need (ctypes, to tune malloc), so that the
-    workers inherit it rather than each import it."""
-    importlib.import_module("ctypes")
+def _detach_from_caller() -> None:
+    """What a ``multiprocessing`` child does first, done once here for every worker: stdin
+    is not the template's to read (it stays the caller's), and ``multiprocessing`` state
+    copied from the caller (its children, finalizers, after-fork hooks of its locks and
+    queues) must not act in these processes."""
+    if sys.stdin is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdin.close()
+            sys.stdin = open(os.devnull)  # noqa: SIM115 - it lives as long as the process
+    if "multiprocessing.util" in sys.modules:
+        import multiprocessing.process
+        import multiprocessing.util
+
+        multiprocessing.process._children.clear()  # type: ignore[attr-defined]
+        multiprocessing.util._finalizer_registry.clear()  # type: ignore[attr-defined]
+        multiprocessing.util._run_after_forkers()  # type: ignore[attr-defined]
 
 
 def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:
@@ -263,7 +307,7 @@ def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | N
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    _, main_ref = pickle.loads(data)
+    _, main_ref = loads(data)
     return main_ref, fds[0], fds[1]
 
 
@@ -287,11 +331,8 @@ def _fork_worker(
     try:
         for fd in (sock.fileno(), supervisor, *children):
             os.close(fd)
-        with contextlib.suppress(Exception):  # what multiprocessing's own fork children run
-            multiprocessing.util._finalizer_registry.clear()
-            multiprocessing.util._run_after_forkers()
         _set_process_name(WORKER_NAME)
-        conn = multiprocessing.connection.Connection(conn_fd)
+        conn = Wire(socket.socket(fileno=conn_fd))
         slot = mmap.mmap(slot_fd, worker.SLOT_BYTES)
         os.close(slot_fd)
         worker.main(conn, slot, supervisor_pid, blas_threads, initializer, main_ref)
@@ -317,4 +358,3 @@ def new_slot() -> tuple[int, mmap.mmap]:
     fd = os.memfd_create("poolrun-slot", os.MFD_CLOEXEC)
     os.ftruncate(fd, worker.SLOT_BYTES)
     return fd, mmap.mmap(fd, worker.SLOT_BYTES)
-

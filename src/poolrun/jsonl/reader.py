@@ -25,8 +25,6 @@ class InputError(Exception):
     """The input cannot be read (missing, not gzip after all, truncated); one-line message."""
 
 
-
-
 class Input:
     """An opened INPUT: a file or ``-`` for stdin, gzip-compressed or not (told by its first
     bytes, so a compressed stdin works too)."""

@@ -218,10 +218,12 @@ def test_public_names_and_lazy_package():
     assert sorted(poolrun.__all__) == sorted(n for n in dir(poolrun) if n in poolrun.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = poolrun.nope
-    # a worker imports poolrun.worker only: none of the supervisor side comes with it
+    # a worker imports poolrun.worker and the pipe framing only: no supervisor side
     code = "import sys, poolrun.worker; print(sorted(m for m in sys.modules if 'poolrun' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert out.strip() == "['poolrun', 'poolrun.worker']"
+    assert out.strip() == str(
+        ["poolrun", "poolrun.backends", "poolrun.backends.wire", "poolrun.worker"]
+    )
 
 
 def test_pool_is_clean_after_a_call_that_ended_early():

@@ -65,6 +65,31 @@ def test_auto_forks_a_template_and_workers_inherit_what_cannot_be_pickled(tmp_pa
     assert out["values"] == [x * 2 for x in range(200)]
 
 
+def test_a_list_input_is_inherited_not_pickled_and_a_generator_is_pickled(tmp_path):
+    (listed, generated, after_kill) = run_script(
+        """
+        locks = [threading.Lock() for _ in range(300)]  # items that cannot be pickled
+        def held(lock):
+            return lock.locked()
+        report(poolrun.map(held, locks, workers=2))
+        run = poolrun.map(held, (lock for lock in locks), workers=2)
+        print(json.dumps({"errors": [r.error.message for r in run.errors]}))
+        def slow(lock):  # the worker running item 50 dies once: its batch runs elsewhere
+            import time
+            if locks.index(lock) == 50 and not os.path.exists("died"):
+                open("died", "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return locks.index(lock)
+        report(poolrun.map(slow, locks, workers=2, batch_size=10))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert listed["values"] == [False] * 300  # a list: batches were slices of the inherited one
+    errors = generated["errors"]  # a generator: its items must be pickled
+    assert len(errors) == 300 and all("cannot be sent to a worker" in m for m in errors)
+    assert after_kill["values"] == list(range(300)) and after_kill["deaths"] == 1
+
+
 def test_forkserver_by_name_still_pickles_the_function(tmp_path):
     (out,) = run_script(
         """

@@ -50,10 +50,11 @@ def _preload_module(fn: Callable[..., Any]) -> tuple[str, ...]:
 
 
 def make_backend(
-    opts: Options, fn: Callable[[Any], Any] | None = None, inherit: bool = False
+    opts: Options, fn: Callable[[Any], Any] | None = None, inherit: bool = False, items: Any = None
 ) -> Backend:
     """The backend for ``opts``. ``fn`` is preloaded by a forkserver; with ``inherit`` (a
-    one-shot call) workers forked from a template hold it already and are not sent it."""
+    one-shot call) workers forked from a template hold it already and are not sent it, nor
+    ``items`` if given (the call's input, when it is a list, a tuple or a range)."""
     if opts.backend == "dask":
         from .backends.dask import DaskBackend
 
@@ -63,8 +64,17 @@ def make_backend(
     preload = _preload_module(fn) if fn is not None else ()
     inherited = fn if inherit else None
     return LocalBackend(
-        opts.workers, opts.start_method, opts.initializer, opts.initargs, preload, inherited
+        opts.workers,
+        opts.start_method,
+        opts.initializer,
+        opts.initargs,
+        preload,
+        inherited,
+        items if inherit else None,
     )
+
+
+SLICEABLE = (list, tuple, range)  # inputs a worker can slice for itself (see _OneShot)
 
 
 def _total(items: Iterable[Any]) -> int | None:
@@ -189,10 +199,14 @@ def _stream(call: _Call) -> Iterator[ItemResult]:
 
 
 class _OneShot:
-    """Start a backend for one call and make sure it is gone afterwards, on every path."""
+    """Start a backend for one call and make sure it is gone afterwards, on every path.
 
-    def __init__(self, fn: Callable[[Any], Any], opts: Options) -> None:
-        self.backend = make_backend(opts, fn, inherit=True)
+    ``items``, a list, tuple or range that the call reads whole before anything else can
+    change it (``map``), is handed down to workers forked from the template with the
+    function: batches then name slices of it, and the items are never pickled."""
+
+    def __init__(self, fn: Callable[[Any], Any], opts: Options, items: Any = None) -> None:
+        self.backend = make_backend(opts, fn, inherit=True, items=items)
         self.inflight = opts.inflight
 
     def __enter__(self) -> Supervisor:
@@ -210,7 +224,8 @@ class _OneShot:
 def map(fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Run:
     """Run ``fn`` over ``items`` in worker processes; returns a :class:`Run` in input order."""
     opts = make_options(**options)
-    with _OneShot(fn, opts) as supervisor:
+    held = items if type(items) in SLICEABLE else None
+    with _OneShot(fn, opts, held) as supervisor:
         return _collect(_Call(supervisor, fn, items, opts))
 
 

@@ -74,6 +74,15 @@ def group(refs: Iterable[tuple[Segment, int]]) -> list[tuple[Segment, Sequence[i
     return parts  # type: ignore[return-value]
 
 
+def _positions(batch: Batch) -> Sequence[int]:
+    """Where a batch's items are in its call's input (a segment starts where it was read)."""
+    if len(batch.parts) == 1:
+        segment, positions = batch.parts[0]
+        if type(positions) is range and positions.step == 1:
+            return range(segment.start + positions.start, segment.start + positions.stop)
+    return [segment.start + pos for segment, pos in batch.refs()]
+
+
 class Call:
     """The state of one call; every method runs under the supervisor's lock."""
 
@@ -101,6 +110,9 @@ class Call:
         )
         self.policy = FaultPolicy(options.retries)
         self._items = iter(items)
+        # a list, tuple or range read from its start: fresh batches are slices of it, which
+        # a worker that inherited it can take for itself (see ``encode``)
+        self.source = items if type(items) in (list, tuple, range) else None
         self.feed = items if isinstance(items, Feed) else None  # open-ended input: see feed.py
         self.requeued: deque[Batch] = deque()
         self.retries: list[tuple[float, int, Segment, int, Any]] = []
@@ -215,8 +227,14 @@ class Call:
         refs = list(batch.refs())[lo:hi]
         return Batch(next(new_id), self, group(refs), batch.items[lo:hi])
 
-    def encode(self, batch: Batch) -> tuple[Batch, bytes] | None:
-        """Pickle a batch's items; those that cannot be pickled fail on their own."""
+    def encode(self, batch: Batch, token: int | None = None) -> tuple[Batch, bytes] | None:
+        """Pickle a batch's items; those that cannot be pickled fail on their own.
+
+        With ``token`` (the worker holds :attr:`source` under it), the batch travels as the
+        positions of its items in the source instead: a ``range`` for a fresh batch, a few
+        numbers for a piece of one sent again or for retries."""
+        if token is not None:
+            return batch, worker.dumps(worker.InheritedItems(token, _positions(batch)))
         try:
             return batch, worker.dumps(batch.items)
         except Exception:

@@ -193,11 +193,15 @@ class Supervisor:
         try:
             self._forget_cancelled()
             self._dispatch()
+            # items can fail as their batch is made (they cannot be pickled): release those
+            # segments now, and do not block below while a consumer could take them
+            released = [c.release() for c in self.calls]
             if not any(self.inflight.values()) and not self._waiting_calls():
-                if any(not c.over for c in self.calls):
+                if not any(released) and any(not c.over for c in self.calls):
                     raise RuntimeError("poolrun supervisor stalled with no work in flight (a bug)")
+                self.changed.notify_all()
                 return  # every call ended as its batches were made (empty input, input raised)
-            timeout = self._wait_seconds(time.perf_counter())
+            timeout = 0.0 if any(released) else self._wait_seconds(time.perf_counter())
             self.lock.release()
             try:
                 events = self.backend.wait(timeout)
@@ -269,7 +273,9 @@ class Supervisor:
         return None
 
     def _send(self, w: int, batch: Batch) -> None:
-        encoded = batch.call.encode(batch)
+        source = batch.call.source
+        token = None if source is None else self.backend.inherited_items(w, source)
+        encoded = batch.call.encode(batch, token)
         if encoded is None:
             return
         batch, payload = encoded

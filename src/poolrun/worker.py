@@ -35,6 +35,7 @@ import time
 from _pickle import dumps as _dumps
 from _pickle import loads
 from array import array
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 
 from .backends.wire import frame_header
@@ -61,6 +62,18 @@ STARTING, LOADING = -2.0, -3.0
 # Functions a fork template handed down to the workers it forks, by token: a worker forked
 # from the caller's copy already holds the function and all it captures, so nothing is sent.
 INHERITED: dict[int, Any] = {}
+
+
+# A batch's items named by their positions (a range, or a list) in ``INHERITED[token]``: a
+# one-shot call's input, which the worker holds since its fork, so items are never pickled.
+InheritedItems = namedtuple("InheritedItems", "token positions")
+
+
+def _inherited(held: InheritedItems) -> Any:
+    source, positions = INHERITED[held.token], held.positions
+    if positions.__class__ is range:
+        return source[positions.start : positions.stop]
+    return [source[i] for i in positions]
 
 
 def dumps(message: Any) -> bytes:
@@ -361,6 +374,8 @@ class BatchPipeline:
         t_start = time.perf_counter()
         try:
             items = loads(payload)
+            if items.__class__ is InheritedItems:
+                items = _inherited(items)
         except BaseException as exc:
             return dumps(("bad-batch", batch_id, *describe_exception(exc, 0))), rss_start, rss_start
         del payload

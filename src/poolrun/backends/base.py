@@ -106,6 +106,12 @@ class Backend:
 
     def submit(self, worker: int, batch: int, fn_id: int, payload: bytes) -> None: ...
 
+    def inherited_items(self, worker: int, items: object) -> int | None:
+        """The token under which ``worker`` holds ``items`` already (a one-shot call's input,
+        forked with its template), so a batch can name a slice of it instead of carrying
+        its items pickled; ``None`` where it does not."""
+        return None
+
     def wait(self, timeout: float | None) -> list[Event]: ...
 
     def wake(self) -> None:

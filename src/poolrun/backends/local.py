@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 TEMPLATE = "fork template"
 INHERITED_TOKEN = 1  # the one function a one-shot call's template holds
+ITEMS_TOKEN = 2  # and its input, when that is a list, a tuple or a range
 
 _LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
@@ -186,12 +187,14 @@ class LocalBackend(Backend):
         initargs: tuple[Any, ...] = (),
         preload: tuple[str, ...] = (),
         inherit: Callable[[Any], Any] | None = None,
+        inherit_items: Any = None,
     ) -> None:
         self.size = workers
         self.start_method, self.start_reason = choose_start(start_method)
         self.init = (initializer, initargs) if initializer else None
         self.preload = preload
         self.inherit = inherit if self.start_method == TEMPLATE else None
+        self.inherit_items = inherit_items if self.inherit is not None else None
         self.template: Template | None = None
         self.context: Any = None
         if self.start_method != TEMPLATE:
@@ -219,6 +222,8 @@ class LocalBackend(Backend):
     def start(self) -> None:
         if self.start_method == TEMPLATE and self.template is None:
             inherited = {INHERITED_TOKEN: self.inherit} if self.inherit else {}
+            if self.inherit_items is not None:
+                inherited[ITEMS_TOKEN] = self.inherit_items
             self.template = Template(inherited, self.init, self.blas_threads)
         missing = self.size - len(self.workers)
         if missing > 0:
@@ -373,6 +378,11 @@ class LocalBackend(Backend):
             w.channel.send(worker.dumps(("fn", fn_id, self._function_payload(fn_id, w))))
             w.fn_ids.add(fn_id)
         w.channel.send(worker.dumps(("batch", batch, fn_id, payload)))
+
+    def inherited_items(self, worker_id: int, items: object) -> int | None:
+        w = self.workers.get(worker_id)
+        held = w is not None and w.inherits and items is self.inherit_items and items is not None
+        return ITEMS_TOKEN if held else None
 
     def starting(self, worker_id: int) -> tuple[str, int, float] | None:
         slot = self.workers[worker_id].slot

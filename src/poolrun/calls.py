@@ -136,6 +136,14 @@ class Call:
         self.on_finished: Callable[[Segment], None] | None = None
 
     @property
+    def at_tail(self) -> bool:
+        """Are the items left few enough that the workers' queues could hold them all?"""
+        if self.total is None or self.feed is not None:
+            return False
+        left = self.total - self.consumed
+        return left <= self.opts.workers * self.opts.inflight * self.sizer.size
+
+    @property
     def done(self) -> bool:
         """Everything was read, and every segment released."""
         return self.exhausted and self.unreleased == 0

@@ -240,8 +240,12 @@ class Supervisor:
         now = time.perf_counter()
         for call in self.calls:  # set again below by a call that a free worker finds waiting
             call.tokens_at = None  # for rate-limit tokens
+        # At the tail of the input a batch queued behind a busy worker's current one starts
+        # late, while the other workers run out of work: there, only idle workers get one.
+        tail = all(c.at_tail for c in self.calls if not c.over)
+        limit = 1 if tail else self.inflight_limit
         while True:
-            w = self._free_worker()
+            w = self._free_worker(limit)
             if w is None:
                 return
             batch = self._next_batch(now, idle=not self.inflight[w])
@@ -249,8 +253,8 @@ class Supervisor:
                 return
             self._send(w, batch)
 
-    def _free_worker(self) -> int | None:
-        best, load = None, self.inflight_limit
+    def _free_worker(self, limit: int) -> int | None:
+        best, load = None, limit
         for w, ids in self.inflight.items():
             if len(ids) < load and w not in self.retiring:
                 best, load = w, len(ids)

@@ -11,12 +11,14 @@ What is measured, and why:
 
 * Every engine runs with its defaults, start method included: multiprocessing, concurrent.futures
   and mpire fork (their workers start fast and inherit the inputs), joblib's loky spawns
-  fresh interpreters, poolrun forks from a forkserver that preloads the function's module.
+  fresh interpreters, poolrun forks its workers from a template of this process (its
+  ``start_method="auto"``).
 * Wall time of one whole call, pool start-up and shutdown included: that is what a one-off
   ``map`` costs its caller, and where engines differ most on short workloads. The best of
   ``--repeat`` runs is kept; a cell stops repeating once its runs took ``--budget`` seconds, so
   that the slow cells (one IPC round trip per item over 200k items) run once and the full run
-  stays within minutes.
+  stays within minutes. The runs are interleaved: each round runs every engine once, in an
+  order rotated from round to round, so a slow minute on a shared machine hits all engines.
 * Every run starts cold: joblib's loky workers, kept alive for reuse, are shut down inside
   its timed call (as the other pools are by their ``with`` blocks), and the multiprocessing
   forkserver poolrun starts is stopped after each run, so no engine skips its start-up on a
@@ -424,26 +426,30 @@ def first_difference(expected: list[Any], got: list[Any]) -> str | None:
     return None
 
 
-def measure(engine: str, job: Job, expected: list[Any], repeat: int, budget: float) -> Cell:
-    """Run ``engine`` up to ``repeat`` times (fewer once ``budget`` s are spent), checking all."""
+def new_cell(engine: str) -> Cell:
+    """An empty cell, or one that says why the engine cannot run here."""
     absent = why_absent(engine)
-    if absent:
-        return Cell(engine, *absent)
-    cell = Cell(engine)
-    while len(cell.seconds) < repeat and sum(cell.seconds) < budget:
-        release_memory()
-        try:
-            trial = run_trial(engine, job)
-        except Exception as exc:
-            first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
-            return Cell(engine, "failed", f"{type(exc).__name__}: {first_line}", cell.seconds)
-        cell.seconds.append(trial.seconds)
-        cell.peak_rss = max(cell.peak_rss, trial.peak_rss)
-        difference = first_difference(expected, trial.results)
-        if difference:
-            cell.status, cell.note = "MISMATCH", difference
-            break
-    return cell
+    return Cell(engine, *absent) if absent else Cell(engine)
+
+
+def wants_another(cell: Cell, repeat: int, budget: float) -> bool:
+    return cell.status == "ok" and len(cell.seconds) < repeat and sum(cell.seconds) < budget
+
+
+def measure_once(cell: Cell, job: Job, expected: list[Any]) -> None:
+    """One more run of ``cell.engine``, checked against the serial results."""
+    release_memory()
+    try:
+        trial = run_trial(cell.engine, job)
+    except Exception as exc:
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
+        cell.status, cell.note = "failed", f"{type(exc).__name__}: {first_line}"
+        return
+    cell.seconds.append(trial.seconds)
+    cell.peak_rss = max(cell.peak_rss, trial.peak_rss)
+    difference = first_difference(expected, trial.results)
+    if difference:
+        cell.status, cell.note = "MISMATCH", difference
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -520,7 +526,9 @@ def heading(result: WorkloadResult, workers: int) -> str:
 def run_workload(
     workload: Workload, engines: Sequence[str], args: argparse.Namespace
 ) -> WorkloadResult:
-    """Serial first, then every other engine; prints the heading, then each row as it ends.
+    """Every engine once per round, rounds interleaved (so a slow minute on this shared
+    machine slows every engine alike, not the ones that happened to run then); prints the
+    table once the workload is done.
 
     The reference results come from one untimed serial pass, which also warms imports and
     caches (numpy's first matmul, the records' pages) so that no engine pays for them.
@@ -535,15 +543,16 @@ def run_workload(
         expected = serial(workload.fn, items, 1)
         release_memory()
         base_rss = psutil.Process().memory_info().rss
-        result = WorkloadResult(workload.name, workload.about, len(items), base_rss, [], [])
-        for engine in engines:
-            if engine == CLI_ENGINE and records_path is None:
-                continue
-            cell = measure(engine, job, expected, args.repeat, args.budget)
-            result.cells.append(cell)
-            result.rows.append(row(cell, len(items), result.cells[0].best, args.workers))
-            if len(result.cells) == 1:
-                print(f"\n{heading(result, args.workers)}\n{text_line(COLUMNS)}", flush=True)
+        cells = [new_cell(e) for e in engines if e != CLI_ENGINE or records_path is not None]
+        for round_ in range(args.repeat):  # rounds, each engine once in a rotated order
+            shift = round_ % len(cells)
+            for cell in cells[shift:] + cells[:shift]:
+                if wants_another(cell, args.repeat, args.budget):
+                    measure_once(cell, job, expected)
+        result = WorkloadResult(workload.name, workload.about, len(items), base_rss, cells, [])
+        print(f"\n{heading(result, args.workers)}\n{text_line(COLUMNS)}", flush=True)
+        for cell in cells:
+            result.rows.append(row(cell, len(items), cells[0].best, args.workers))
             print(text_line(result.rows[-1]), flush=True)
     return result
 

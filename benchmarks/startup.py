@@ -132,8 +132,7 @@ ENGINES = {
     ),
     "mpire": (
         "from mpire import WorkerPool\n",
-        "with WorkerPool(n_jobs={w}) as pool:\n"
-        "    values = pool.map(fn, [(x,) for x in items])\n",
+        "with WorkerPool(n_jobs={w}) as pool:\n    values = pool.map(fn, [(x,) for x in items])\n",
     ),
 }
 PEERS = ["mp_pool", "ppe", "mpire"]

@@ -92,8 +92,10 @@ def test_fair_share_near_the_end():
     sizer = BatchSizer(workers=2, initial=1000)
     assert sizer.next_size(remaining=100_000) == 1000
     assert sizer.next_size(remaining=2000) == 500  # a fair share: 2 batches per worker
-    assert sizer.next_size(remaining=400) == 100  # never below a tenth of the size...
-    assert sizer.next_size(remaining=60) == 60  # ...unless fewer items are left
+    assert sizer.next_size(remaining=400) == 100
+    assert sizer.next_size(remaining=60) == 15
+    assert sizer.next_size(remaining=30) == 10  # never below a hundredth of the size...
+    assert sizer.next_size(remaining=8) == 8  # ...unless fewer items are left
     assert sizer.next_size(remaining=3) == 3
     assert sizer.next_size(remaining=0) == 1
 

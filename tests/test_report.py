@@ -24,6 +24,28 @@ def test_percentiles_within_the_bin_width():
     assert hist.n == 20_000 and hist.total == pytest.approx(sum(values))
 
 
+def test_batches_land_in_the_bins_one_duration_at_a_time_would():
+    """The histogram bins a batch by sorting it; each duration must still land in the bin
+    of its own log10, extremes included (0 s, sub-floor, days)."""
+    from poolrun.stats import _bin
+
+    rng = random.Random(11)
+    for trial in range(40):
+        centre = 3e-7 * 10 ** rng.uniform(-2, 6)
+        n = rng.randint(1, 3000)
+        durations = array(
+            "d", (rng.lognormvariate(0, rng.uniform(0.01, 3)) * centre for _ in range(n))
+        )
+        if trial % 5 == 0:
+            durations.extend([0.0, 1e-12, 9e5, 5e-6, 5e-6])
+        hist = LatencyHistogram()
+        hist.add(durations)
+        wanted = [0] * len(hist.counts)
+        for seconds in durations:
+            wanted[_bin(seconds)] += 1
+        assert hist.counts == wanted
+
+
 def test_uniform_durations_count_as_n_equal_items():
     compact, spelled = LatencyHistogram(), LatencyHistogram()
     compact.add(Uniform(3e-7, 5000))

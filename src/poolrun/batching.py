@@ -14,8 +14,9 @@ The policy, fed after each batch with how long its items took and the worker's R
   time per item is averaged with each batch weighted by its item count;
 * **balance**: when the number of items left is known, never hand one worker more than a
   fair share of what remains, so no worker idles while another finishes a big last batch
-  (but never less than a tenth of the time-based size, so the tail is a few batches, not
-  dozens of tiny ones);
+  (but never less than a hundredth of the time-based size: fine enough that a few costly
+  items left for last spread over the workers, as their round trips are cheap next to the
+  wait they save; at the tail the supervisor sends batches to idle workers only);
 * **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
   half of the worker's remaining headroom, and halve the size when a worker's peak nears the
   limit; a worker whose memory stays high between batches is recycled.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 
 GROWTH_CAP = 4.0
-TAIL_FRACTION = 10  # the balance rule never cuts a batch below size // TAIL_FRACTION
+TAIL_FRACTION = 100  # the balance rule never cuts a batch below size // TAIL_FRACTION
 WARMUP_BATCHES = 8  # the first batches set the size straight from the time (no growth cap)
 SOFT_RSS_FRACTION = 0.75  # batches are sized to keep a worker's peak RSS below this share
 RECYCLE_PEAK_FRACTION = 0.9  # a worker that peaked above this share is replaced
@@ -81,8 +82,9 @@ class BatchSizer:
         if remaining is not None:
             size = min(size, remaining)
             if self.fixed is None:
-                # not below a tenth of the time-based size: a tail of ever smaller batches
-                # costs a round trip each and fills the reorder window, idling workers
+                # not below a hundredth of the time-based size: a tail of ever smaller
+                # batches costs a round trip each (a tenth left the last cluster of heavy
+                # items of a skewed run in one batch, running alone for a fifth of the run)
                 floor = max(1, self.size // TAIL_FRACTION)
                 fair_share = max(math.ceil(remaining / (2 * self.workers)), floor)
                 if fair_share < size:

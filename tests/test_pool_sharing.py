@@ -185,9 +185,7 @@ def test_a_call_still_running_when_the_pool_closes_fails_clearly():
         list(it)
 
 
-@pytest.mark.parametrize(
-    ("seed", "kills"), [(3, 8), pytest.param(5, 25, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize(("seed", "kills"), [(3, 8), pytest.param(5, 25, marks=pytest.mark.slow)])
 def test_random_sigkills_while_four_threads_share_the_pool_lose_nothing(seed, kills):
     stop, sent = threading.Event(), []
 
@@ -238,8 +236,7 @@ def test_option_values_are_checked_the_same_way_everywhere():
 def test_ids_are_unique_across_calls():
     with poolrun.Pool(workers=2) as pool:
         batches = itertools.chain.from_iterable(
-            {r.batch for r in pool.map(square, range(500), batch_size=10).results}
-            for _ in range(3)
+            {r.batch for r in pool.map(square, range(500), batch_size=10).results} for _ in range(3)
         )
         seen = list(batches)
         assert len(seen) == len(set(seen))

@@ -90,6 +90,37 @@ def test_a_list_input_is_inherited_not_pickled_and_a_generator_is_pickled(tmp_pa
     assert after_kill["values"] == list(range(300)) and after_kill["deaths"] == 1
 
 
+def test_output_buffered_before_the_call_is_written_once(tmp_path):
+    """The template and the workers are forks: text still in the caller's stdout buffer
+    when they are made must not be written again by each of them."""
+    script = "import poolrun\nprint('header')\npoolrun.map(abs, list(range(20)), workers=2)\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "header\n"
+
+
+def test_a_default_socket_timeout_does_not_reach_the_workers_pipes(tmp_path):
+    """socket.setdefaulttimeout() makes new sockets time out (and non-blocking): an idle
+    worker's read timed out, and a result larger than the socket buffer failed to send."""
+    (out,) = run_script(
+        """
+        import socket, time
+        socket.setdefaulttimeout(0.3)
+        def big(seconds):
+            time.sleep(seconds)
+            return "x" * 4_000_000
+        run = poolrun.map(big, [0.05, 1.0, 0.05, 0.05], workers=2, batch_size=1)
+        sizes = [len(v) for v in run.values]
+        print(json.dumps({"deaths": run.report.worker_deaths, "sizes": sizes}))
+        """,
+        tmp_path=tmp_path,
+    )
+    assert out["deaths"] == 0 and out["sizes"] == [4_000_000] * 4
+
+
 def test_forkserver_by_name_still_pickles_the_function(tmp_path):
     (out,) = run_script(
         """

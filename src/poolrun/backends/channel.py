@@ -16,7 +16,7 @@ import os
 import socket
 from collections import deque
 
-from .wire import frame_header
+from .wire import blocking, frame_header
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -28,7 +28,9 @@ _IOV_MAX = 512
 class Channel:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.sock = socket.socket(fileno=os.dup(conn.fileno()))
+        # blocking, whatever socket.setdefaulttimeout() says (each send says MSG_DONTWAIT);
+        # the flag is shared with the pipe's own end, which a worker reads blocking
+        self.sock = blocking(socket.socket(fileno=os.dup(conn.fileno())))
         self.pending: deque[memoryview] = deque()
         self.broken = False
 

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 TEMPLATE = "fork template"
 INHERITED_TOKEN = 1  # the one function a one-shot call's template holds
 ITEMS_TOKEN = 2  # and its input, when that is a list, a tuple or a range
+REQUESTS_AHEAD = 32  # spawn requests sent to the template before reading its replies
 
 _LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
@@ -231,23 +232,32 @@ class LocalBackend(Backend):
 
     def _spawn(self, count: int = 1) -> int:
         """Start ``count`` workers; returns the last one's id."""
+        last = 0
         if self.template is not None:
+            started: list[int] = []
             try:
-                return self._spawn_from_template(self.template, count)
+                self._spawn_from_template(self.template, count, started)
+                return started[-1]
             except TemplateGone:
                 log.debug("the fork template is gone; new workers come from the forkserver")
                 self.template.close()
                 self.template = None
                 self.context = self._context("forkserver")
-        for _ in range(count - 1):
-            self._spawn_from_context()
-        return self._spawn_from_context()
+            count -= len(started)  # those the template forked before it went are running
+            last = started[-1] if started else 0
+        for _ in range(count):
+            last = self._spawn_from_context()
+        return last
 
-    def _spawn_from_template(self, template: Template, count: int) -> int:
-        """All the requests first, then the pids: the template forks them back to back."""
-        asked = []
+    def _spawn_from_template(self, template: Template, count: int, started: list[int]) -> None:
+        """Requests sent ahead of the replies, so the template forks workers back to back;
+        at most :data:`REQUESTS_AHEAD` unanswered, or with hundreds of workers both sides
+        could block sending into full socket buffers. ``started`` gets each new pid."""
+        asked: list[tuple[Any, Any]] = []
         try:
             for _ in range(count):
+                if len(asked) >= REQUESTS_AHEAD:
+                    self._take_started(template, asked, started)
                 ours, theirs = wire_pair()
                 slot_fd, slot_map = new_slot()
                 asked.append((ours, slot_map))
@@ -256,17 +266,19 @@ class LocalBackend(Backend):
                 finally:
                     theirs.close()
                     os.close(slot_fd)
-            pid = 0
             while asked:
-                pid = template.started()
-                ours, slot_map = asked.pop(0)
-                view = _starting_slot(memoryview(slot_map).cast("d"))
-                self._add(ForkedWorker(pid, template), ours, view, inherits=True, slot_map=slot_map)
+                self._take_started(template, asked, started)
         finally:
             for ours, slot_map in asked:  # the template died before forking these
                 ours.close()
                 slot_map.close()
-        return pid
+
+    def _take_started(self, template: Template, asked: list, started: list[int]) -> None:
+        pid = template.started()
+        ours, slot_map = asked.pop(0)
+        view = _starting_slot(memoryview(slot_map).cast("d"))
+        self._add(ForkedWorker(pid, template), ours, view, inherits=True, slot_map=slot_map)
+        started.append(pid)
 
     def _spawn_from_context(self) -> int:
         parent_end, child_end = self.context.Pipe(duplex=True)

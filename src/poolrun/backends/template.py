@@ -38,7 +38,7 @@ import threading
 from _pickle import dumps, loads  # not ``pickle``: see ``worker``
 
 from .. import worker
-from .wire import Wire
+from .wire import Wire, blocking
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -105,8 +105,11 @@ class Template:
     """
 
     def __init__(self, inherited: dict[int, Any], initializer: Any, blas_threads: int) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = map(blocking, socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
         supervisor_pid = os.getpid()
+        for stream in (sys.stdout, sys.stderr):  # or their buffered text is written again
+            with contextlib.suppress(Exception):  # by the template and every worker
+                stream.flush()
         pid = os.fork()
         if pid == 0:  # the template
             code = 1

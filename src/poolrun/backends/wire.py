@@ -30,7 +30,7 @@ class Wire:
     uses its pipe (the supervisor sends through a non-blocking ``Channel`` instead)."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+        self.sock = blocking(sock)
 
     @property
     def closed(self) -> bool:
@@ -77,4 +77,12 @@ class Wire:
 def wire_pair() -> tuple[Wire, Wire]:
     """(supervisor's end, worker's end) of a new pipe."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return Wire(ours), Wire(theirs)
+    return Wire(blocking(ours)), Wire(blocking(theirs))
+
+
+def blocking(sock: socket.socket) -> socket.socket:
+    """A new socket takes ``socket.setdefaulttimeout()``'s timeout, if the program set one,
+    and with it non-blocking I/O: an idle worker's read would time out and a large result's
+    write fail. ``multiprocessing.Pipe`` makes its ends blocking for the same reason."""
+    sock.setblocking(True)
+    return sock

@@ -274,10 +274,11 @@ class LocalBackend(Backend):
                 slot_map.close()
 
     def _take_started(self, template: Template, asked: list, started: list[int]) -> None:
-        pid = template.started()
+        pid, pidfd = template.started()
         ours, slot_map = asked.pop(0)
         view = _starting_slot(memoryview(slot_map).cast("d"))
-        self._add(ForkedWorker(pid, template), ours, view, inherits=True, slot_map=slot_map)
+        process = ForkedWorker(pid, template, pidfd)
+        self._add(process, ours, view, inherits=True, slot_map=slot_map)
         started.append(pid)
 
     def _spawn_from_context(self) -> int:

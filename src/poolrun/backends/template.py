@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _MAX_MESSAGE = 1 << 16
+_FD_SIZE = array.array("i").itemsize
 PROCESS_NAME = "poolrun-tmpl"  # what ps and psutil show (``/proc/PID/comm``, 15 bytes at most)
 WORKER_NAME = "poolrun-worker"
 _OPENMP_LIBRARIES = ("libgomp", "libiomp", "libomp")
@@ -144,13 +145,15 @@ class Template:
             self.alive = False
             raise TemplateGone("the fork template has exited") from None
 
-    def started(self) -> int:
-        """The pid of the worker forked for the oldest unanswered request."""
+    def started(self) -> tuple[int, int]:
+        """(pid, pidfd) of the worker forked for the oldest unanswered request. The pidfd
+        comes from the template, which opened it before it could reap the worker: opened
+        here from the pid, a worker that exited at once could already be gone."""
         try:
             while True:
                 reply = self._receive(block=True)
                 if reply[0] == "started":
-                    return reply[1]
+                    return reply[1], reply[2]
         except (OSError, EOFError):
             self.alive = False
             raise TemplateGone("the fork template has exited") from None
@@ -165,13 +168,18 @@ class Template:
     def _receive(self, block: bool) -> tuple:
         if not block and not ready(self.sock.fileno(), 0):
             return ("nothing",)
-        data = self.sock.recv(_MAX_MESSAGE)
+        data, ancillary, _, _ = self.sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(_FD_SIZE))
+        fds = _received_fds(ancillary)
         if not data:
             self.alive = False
             raise EOFError
         message = loads(data)
         if message[0] == "exited":
             self.exits[message[1]] = message[2]
+        if message[0] == "started" and fds:
+            return (*message, fds.pop(0))
+        for fd in fds:
+            os.close(fd)
         return message
 
     def close(self) -> None:
@@ -191,10 +199,10 @@ class ForkedWorker:
     """A worker forked by the template, with the bits of ``multiprocessing.Process`` the
     local backend uses: ``pid``, ``sentinel``, ``is_alive``, ``kill``, ``join``, ``exitcode``."""
 
-    def __init__(self, pid: int, template: Template) -> None:
+    def __init__(self, pid: int, template: Template, pidfd: int) -> None:
         self.pid = pid
         self.template = template
-        self.pidfd = os.pidfd_open(pid)
+        self.pidfd = pidfd
         self.exitcode: int | None = None
         self._status_known = False
 
@@ -270,7 +278,8 @@ def _template_main(
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid
                 poller.register(pidfd, select.POLLIN)
-                sock.send(dumps(("started", pid)))
+                passed = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pidfd]))]
+                sock.sendmsg([dumps(("started", pid))], passed)
             else:
                 pid = children.pop(fd)
                 poller.unregister(fd)
@@ -298,18 +307,23 @@ def _detach_from_caller() -> None:
         multiprocessing.util._run_after_forkers()  # type: ignore[attr-defined]
 
 
-def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:
-    fd_space = socket.CMSG_SPACE(2 * array.array("i").itemsize)
-    try:
-        data, ancillary, _, _ = sock.recvmsg(_MAX_MESSAGE, fd_space)
-    except OSError:
-        return None
-    if not data:
-        return None
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors passed with a message (SCM_RIGHTS)."""
     fds = array.array("i")
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return list(fds)
+
+
+def _receive_request(sock: socket.socket) -> tuple[dict[str, str], int, int] | None:
+    try:
+        data, ancillary, _, _ = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(2 * _FD_SIZE))
+    except OSError:
+        return None
+    if not data:
+        return None
+    fds = _received_fds(ancillary)
     _, main_ref = loads(data)
     return main_ref, fds[0], fds[1]
 

@@ -33,6 +33,11 @@ items before and after run again as batches, the item itself runs again alone, a
 only once it has killed enough workers. A timeout kills the worker too, but blames the item
 at once (the supervisor saw it overrun): it is retried like an exception, then fails.
 
+At the tail of an input of known length (few enough items left that the workers' queues
+could hold them all) batches go to idle workers only, so none sits queued behind a busy
+worker's batch while the other workers run out of work. A call whose input is a list, a
+tuple or a range, and whose workers were forked holding it, sends positions, not items.
+
 The loop never sleeps: it blocks in ``backend.wait`` until a result or a death arrives, or
 until the next deadline it owns (an item's timeout, a worker's start-up, the next memory
 sample, a retry's backoff, the next rate-limit token).

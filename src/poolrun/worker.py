@@ -35,17 +35,16 @@ import time
 from _pickle import dumps as _dumps
 from _pickle import loads
 from array import array
-from collections import namedtuple
+from collections import deque, namedtuple
 from collections.abc import Callable, Sequence
 
-from .backends.wire import frame_header
+from .backends.wire import IOV_MAX, consume, frame
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
 PROTOCOL = 5
-_IOV_MAX = 512
 EXIT_SUPERVISOR_GONE = 70
 EXIT_INIT_FAILED = 71
 
@@ -237,20 +236,12 @@ def send(conn: Any, *messages: bytes) -> None:
     and on a machine with no idle core a woken supervisor takes a worker's core for as long
     as it runs, so two writes cost about twice as much as one.
     """
-    parts = []
-    for message in messages:
-        parts.append(memoryview(frame_header(len(message))))
-        parts.append(memoryview(message))
+    parts: deque[memoryview] = deque()
+    frame(parts, *messages)
     fd = conn.fileno()
     try:
-        while parts:
-            written = os.writev(fd, parts[:_IOV_MAX])
-            while written:  # a large result may go out in several writes
-                if written >= len(parts[0]):
-                    written -= len(parts.pop(0))
-                else:
-                    parts[0] = parts[0][written:]
-                    written = 0
+        while parts:  # a large result may go out in several writes
+            consume(parts, os.writev(fd, list(parts)[:IOV_MAX]))
     except OSError:
         os._exit(EXIT_SUPERVISOR_GONE)
 

@@ -16,13 +16,11 @@ import os
 import socket
 from collections import deque
 
-from .wire import blocking, frame_header
+from .wire import IOV_MAX, blocking, consume, frame
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
-
-_IOV_MAX = 512
 
 
 class Channel:
@@ -41,31 +39,20 @@ class Channel:
         """Queue one message and write as much as the socket takes now."""
         if self.broken:
             return
-        self.pending.append(memoryview(frame_header(len(payload))))
-        self.pending.append(memoryview(payload))
+        frame(self.pending, payload)
         self.flush()
 
     def flush(self) -> None:
         while self.pending and not self.broken:
             try:
-                sent = self.sock.sendmsg(list(self.pending)[:_IOV_MAX], [], socket.MSG_DONTWAIT)
+                sent = self.sock.sendmsg(list(self.pending)[:IOV_MAX], [], socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # the worker is gone; its sentinel reports that
                 self.broken = True
                 self.pending.clear()
                 return
-            self._consume(sent)
-
-    def _consume(self, sent: int) -> None:
-        while sent:
-            head = self.pending[0]
-            if sent >= len(head):
-                sent -= len(head)
-                self.pending.popleft()
-            else:
-                self.pending[0] = head[sent:]
-                sent = 0
+            consume(self.pending, sent)
 
     @property
     def wants_write(self) -> bool:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections import deque
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
+IOV_MAX = 512  # buffers handed to one gathering write
 
 
 def frame_header(size: int) -> bytes:
@@ -25,9 +27,29 @@ def frame_header(size: int) -> bytes:
     return _SHORT.pack(size)
 
 
+def frame(pending: deque[memoryview], *messages: bytes) -> None:
+    """Queue each message behind its length prefix, for a gathering write (no copies)."""
+    for message in messages:
+        pending.append(memoryview(frame_header(len(message))))
+        pending.append(memoryview(message))
+
+
+def consume(pending: deque[memoryview], written: int) -> None:
+    """Drop from ``pending`` the ``written`` bytes a (possibly partial) write took."""
+    while written:
+        head = pending[0]
+        if written >= len(head):
+            written -= len(head)
+            pending.popleft()
+        else:
+            pending[0] = head[written:]
+            written = 0
+
+
 class Wire:
-    """One end of a socket pair with ``send_bytes``/``recv_bytes``, blocking, as a worker
-    uses its pipe (the supervisor sends through a non-blocking ``Channel`` instead)."""
+    """One end of a socket pair, read with ``recv_bytes`` as a ``Connection`` is; both sides
+    write to it with :func:`frame` and a gathering write (the supervisor through a
+    non-blocking ``Channel``, a worker with ``worker.send``)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = blocking(sock)
@@ -38,14 +60,6 @@ class Wire:
 
     def fileno(self) -> int:
         return self.sock.fileno()
-
-    def send_bytes(self, data: bytes) -> None:
-        header = frame_header(len(data))
-        if len(data) < 65536:
-            self.sock.sendall(header + data)  # one write for the common small message
-        else:
-            self.sock.sendall(header)
-            self.sock.sendall(data)
 
     def recv_bytes(self) -> bytes:
         """One whole message; ``EOFError`` when the other end has closed."""
@@ -77,7 +91,7 @@ class Wire:
 def wire_pair() -> tuple[Wire, Wire]:
     """(supervisor's end, worker's end) of a new pipe."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return Wire(blocking(ours)), Wire(blocking(theirs))
+    return Wire(ours), Wire(theirs)
 
 
 def blocking(sock: socket.socket) -> socket.socket:

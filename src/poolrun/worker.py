@@ -39,6 +39,7 @@ from collections import deque, namedtuple
 from collections.abc import Callable, Sequence
 
 from .backends.wire import IOV_MAX, consume, frame
+from .tuning import pin_native_threads, tune_malloc
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -260,80 +261,6 @@ def _watch_supervisor(pid: int) -> None:
     os._exit(EXIT_SUPERVISOR_GONE)
 
 
-def _pin_native_threads(threads: int | None) -> None:
-    """Keep BLAS/OpenMP pools to this worker's share of the CPUs (unless the user chose)."""
-    if not threads:
-        return
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    if any(name in os.environ for name in names):
-        return
-    for name in names:
-        os.environ[name] = str(threads)
-    if "numpy" in sys.modules or "scipy" in sys.modules:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-KEEP_FREED_BYTES = 64 * 1024 * 1024
-GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-
-
-def tune_malloc(memory_limited: bool) -> None:
-    """Let glibc keep freed memory for reuse instead of handing it back after every item.
-
-    By default glibc serves blocks over 128 KB with fresh ``mmap`` pages and trims the heap
-    as soon as its free top passes that, so a function that allocates a few arrays per item
-    pays page faults on every call: 200x200 matrix work ran 60% slower in a fresh worker
-    than in a long-lived process. A worker is a long-lived process, so it keeps up to 64 MB
-    of freed memory (blocks over 16 MB still come and go with ``mmap``), unless the run has a
-    ``max_rss``: then memory goes back to the system at once, as the limit expects.
-    ``MALLOC_*`` variables set by the user win.
-    """
-    if any(name.startswith("MALLOC_") for name in os.environ):
-        return
-    mallopt = _mallopt()
-    if mallopt is None:  # not glibc
-        return
-    keep = GLIBC_DEFAULT_THRESHOLD if memory_limited else KEEP_FREED_BYTES
-    mallopt(M_MMAP_THRESHOLD, max(GLIBC_DEFAULT_THRESHOLD, keep // 4))
-    mallopt(M_TRIM_THRESHOLD, keep)
-
-
-_MALLOPT: list[Any] = []
-
-
-def _mallopt() -> Any:
-    """glibc's ``mallopt``, or ``None``: made from ``_ctypes``, the C core of ``ctypes``,
-    because ``import ctypes`` costs a fresh worker ~3 ms before its first item and this is
-    the one C function poolrun calls."""
-    if not _MALLOPT:
-        try:
-            import _ctypes
-
-            class _Int(_ctypes._SimpleCData):  # type: ignore[name-defined,misc]
-                _type_ = "i"
-
-            class _CFunction(_ctypes.CFuncPtr):  # type: ignore[name-defined,misc]
-                _flags_ = _ctypes.FUNCFLAG_CDECL
-                _restype_ = _Int
-
-            class _Libc:
-                _handle = _ctypes.dlopen(None, 0)  # type: ignore[attr-defined]
-
-            _MALLOPT.append(_CFunction(("mallopt", _Libc())))
-        except (ImportError, OSError, AttributeError):
-            _MALLOPT.append(None)
-    return _MALLOPT[0]
-
-
-def warm_up() -> None:
-    """Made once in the fork template, when it is first idle, so the workers it forks later
-    inherit it instead of each making it."""
-    _mallopt()
-
-
 class BatchPipeline:
     """What happens to a batch inside any worker, local or Dask: unpickle the items, run
     them, choose timed or untimed for the next batch, pickle the result, read the memory."""
@@ -460,7 +387,7 @@ class WorkerLoop:
             self.functions.pop(next(iter(self.functions)))
         self.functions[fn_id] = (fn, retry_on, timeout is not None)
         tune_malloc(memory_limited=max_rss is not None)
-        _pin_native_threads(self.blas_threads)
+        pin_native_threads(self.blas_threads)
         self.slot[SLOT_POS] = IDLE
 
     def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
@@ -486,7 +413,7 @@ def main(
     as the (function, args) pair itself, inherited, not pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     threading.Thread(target=_watch_supervisor, args=(supervisor_pid,), daemon=True).start()
-    _pin_native_threads(blas_threads)
+    pin_native_threads(blas_threads)
     if initializer is not None:
         try:
             init, initargs = loads(initializer) if isinstance(initializer, bytes) else initializer

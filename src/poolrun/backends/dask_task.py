@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from ..tuning import tune_malloc
 from ..worker import (
     IDLE,
     SLOT_BATCH,
@@ -46,7 +47,6 @@ from ..worker import (
     dumps,
     load_function,
     run_batch,
-    tune_malloc,
 )
 
 SLOT_PID = SLOT_SIZE  # the Dask worker's pid, after the local backend's three numbers

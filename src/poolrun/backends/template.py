@@ -37,7 +37,7 @@ import sys
 import threading
 from _pickle import dumps, loads  # not ``pickle``: see ``worker``
 
-from .. import worker
+from .. import tuning, worker
 from .wire import Wire, blocking
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -261,7 +261,7 @@ def _template_main(
     while True:
         ready = poller.poll(None if warm else 0)
         if not ready:  # idle for the first time: the first workers are forked by now
-            worker.warm_up()
+            tuning.warm_up()
             warm = True
         for fd, _ in ready:
             if fd == supervisor:

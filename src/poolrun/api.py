@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 from .backends.base import Backend
-from .calls import FailureBudgetExceeded
+from .calls import SLICEABLE, FailureBudgetExceeded
 from .options import Options, make_options
 from .progress import Progress
 from .ratelimit import describe_rate
@@ -72,9 +72,6 @@ def make_backend(
         inherited,
         items if inherit else None,
     )
-
-
-SLICEABLE = (list, tuple, range)  # inputs a worker can slice for itself (see _OneShot)
 
 
 def _total(items: Iterable[Any]) -> int | None:

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .backends.base import BatchDone, BatchRejected
 
 
+SLICEABLE = (list, tuple, range)  # inputs a worker that inherited them slices for itself
+
+
 class FailureBudgetExceeded(Exception):
     """Internal: ``max_failures`` was passed; the API turns it into ``RunAborted``."""
 
@@ -112,7 +115,7 @@ class Call:
         self._items = iter(items)
         # a list, tuple or range read from its start: fresh batches are slices of it, which
         # a worker that inherited it can take for itself (see ``encode``)
-        self.source = items if type(items) in (list, tuple, range) else None
+        self.source = items if type(items) in SLICEABLE else None
         self.feed = items if isinstance(items, Feed) else None  # open-ended input: see feed.py
         self.requeued: deque[Batch] = deque()
         self.retries: list[tuple[float, int, Segment, int, Any]] = []

@@ -50,7 +50,12 @@ def test_rate_50_per_second_over_200_fast_items():
     wall = time.perf_counter() - began
     starts = sorted(run.values)
     busiest = max(sum(1 for t in starts[i:] if t < first + 1.0) for i, first in enumerate(starts))
-    assert busiest <= 55, busiest
+    # The bucket holds what the supervisor *sends* to 50 a second plus a bucketful (5), which
+    # the made-up-clock test above checks exactly. These are start times in the workers: a
+    # batch sent just before a window can start inside it when the OS is slow to wake its
+    # worker (one CI run saw 56). Three items is 60 ms of such lag; a broken limit starts all
+    # 200 at once.
+    assert busiest <= 55 + 3, busiest
     assert wall <= 4.5, wall
     assert run.report.rate["limit"] == "50/s"
     assert 35 <= run.report.rate["held_per_s"] <= 52  # low only if the machine starves it

@@ -4,11 +4,13 @@ The runs happen in a child process whose stderr is a pseudo-terminal, so the vie
 draws (rich, a few frames a second) and its bytes really travel; this process drains the
 terminal and discards it. Rounds alternate which mode goes first, on one warm ``Pool``, so
 drift in the machine's load falls on both; the result is the median of the per-round ratios.
-On a busy machine that ratio is noisy, so the CPU time of the view's own thread (read from
-/proc by psutil while it runs) is reported too, as a share of the run's wall time: what the
-view takes from the supervisor's process, whatever else the machine is doing.
+On a busy machine that ratio swings by ±10 % from round to round, so two more figures are
+reported: a control, the same run without the view once more ("off" against "off": how far
+a ratio moves with no change at all), and the CPU time of the view's own thread (timed by the
+thread itself with ``time.thread_time``; every run's report shows it as "live view") as a
+share of the run's wall time.
 
-    .venv/bin/python -m benchmarks.live_overhead              # ~2 min
+    .venv/bin/python -m benchmarks.live_overhead              # ~4 min
     .venv/bin/python -m benchmarks.live_overhead --rounds 3   # quicker, noisier
 """
 
@@ -24,42 +26,18 @@ import sys
 import threading
 import time
 
-import psutil
-
 import poolrun
 from benchmarks.workloads import small, tiny
 
 WORKLOADS = {
     # the supervisor is the bottleneck: the view's thread competes with it for the GIL
-    "tiny items (supervisor-bound)": (tiny, 8_000_000),
+    "tiny items (supervisor-bound)": (tiny, 4_000_000),
     # ~50 µs items: the workers are the bottleneck, as in most real runs
-    "50 µs items": (small, 40_000),
+    "50 µs items": (small, 20_000),
 }
 
 
-class MonitorCpu:
-    """Samples the CPU time of the "poolrun-monitor" thread while a run goes."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample)
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.05):
-            ids = {t.native_id for t in threading.enumerate() if t.name == "poolrun-monitor"}
-            for t in me.threads():
-                if t.id in ids:
-                    self.seconds = t.user_time + t.system_time
-
-    def __enter__(self) -> MonitorCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+MODES = ("off", "live", "control")  # "control" is "off" again: the noise of a ratio
 
 
 def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
@@ -69,16 +47,15 @@ def measure(rounds: int) -> dict[str, dict[str, list[float]]]:
             items = range(n)
             for mode in (False, "live"):  # warm: function shipped, rich imported, caches filled
                 pool.map(fn, items, progress=mode)
-            got: dict[str, list[float]] = {"off": [], "live": [], "view_cpu": []}
+            got: dict[str, list[float]] = {mode: [] for mode in (*MODES, "view_cpu")}
             for r in range(rounds):
-                for mode in ("off", "live") if r % 2 == 0 else ("live", "off"):
-                    with MonitorCpu() as cpu:  # sampling in both modes: the same disturbance
-                        started = time.perf_counter()
-                        pool.map(fn, items, progress="live" if mode == "live" else False)
-                        elapsed = time.perf_counter() - started
+                for mode in MODES[r % 3 :] + MODES[: r % 3]:  # each mode first in turn
+                    started = time.perf_counter()
+                    run = pool.map(fn, items, progress="live" if mode == "live" else False)
+                    elapsed = time.perf_counter() - started
                     got[mode].append(elapsed)
-                    if mode == "live":
-                        got["view_cpu"].append(cpu.seconds / elapsed)
+                    if mode == "live":  # the view's own thread, timed by itself
+                        got["view_cpu"].append(run.report.live_view_cpu_s / elapsed)
             times[name] = got
     return times
 
@@ -114,7 +91,7 @@ def on_a_terminal(rounds: int) -> dict[str, dict[str, list[float]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -122,16 +99,24 @@ def main() -> None:
         print(json.dumps(measure(args.rounds)))
         return
     times = on_a_terminal(args.rounds)
-    print(f"{'workload':<32} {'off (s)':>9} {'live (s)':>9} {'live/off':>9} {'view CPU':>9}")
+    print(
+        f"{'workload':<32} {'off (s)':>8} {'live (s)':>8} {'live/off':>8} "
+        f"{'control/off':>11} {'view CPU':>8}"
+    )
     for name, got in times.items():
-        ratios = [live / off for live, off in zip(got["live"], got["off"], strict=True)]
+        ratios = {
+            mode: [t / off for t, off in zip(got[mode], got["off"], strict=True)]
+            for mode in ("live", "control")
+        }
         print(
-            f"{name:<32} {statistics.median(got['off']):>9.3f} "
-            f"{statistics.median(got['live']):>9.3f} {statistics.median(ratios):>9.3f} "
-            f"{100 * statistics.median(got['view_cpu']):>8.2f}%"
+            f"{name:<32} {statistics.median(got['off']):>8.3f} "
+            f"{statistics.median(got['live']):>8.3f} {statistics.median(ratios['live']):>8.3f} "
+            f"{statistics.median(ratios['control']):>11.3f} "
+            f"{100 * statistics.median(got['view_cpu']):>7.2f}%"
         )
-        spread = ", ".join(f"{r:.3f}" for r in sorted(ratios))
-        print(f"{'':<32} per-round live/off: {spread}")
+        for mode, values in ratios.items():
+            spread = ", ".join(f"{r:.3f}" for r in sorted(values))
+            print(f"{'':<32} per-round {mode}/off: {spread}")
 
 
 if __name__ == "__main__":

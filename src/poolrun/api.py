@@ -125,6 +125,7 @@ class _Call:
         finally:
             self.stats.ended = time.perf_counter()
             self.progress.close()
+            self.stats.live_view_cpu_s = getattr(self.progress, "cpu_s", None)
 
     def report(self) -> Report:
         bucket = self.call.bucket

@@ -52,6 +52,9 @@ class Monitor:
         self.defer = defer
         self.status = status
         self.next_status = 0.0
+        # CPU time the view's thread and its final draw took: the run's report shows what
+        # watching it cost (seconds; None when nothing was drawn)
+        self.cpu_s: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if snapshots.source is not None:
@@ -90,7 +93,11 @@ class Monitor:
             self._thread = None
             snap = self.snapshots.take("finished")
             if self.display is not None:
+                drawn = self.display.started
+                before = time.thread_time()
                 self.display.close(snap)
+                if drawn:
+                    self.cpu_s = (self.cpu_s or 0.0) + time.thread_time() - before
             if self.status is not None and snap is not None:
                 self.status.write(snap)
         self.fallback.close()
@@ -115,6 +122,13 @@ class Monitor:
             self._thread.start()
 
     def _loop(self) -> None:
+        try:
+            self._draw_until_stopped()
+        finally:
+            if self.display is not None and self.display.started:
+                self.cpu_s = time.thread_time()  # this thread's whole life
+
+    def _draw_until_stopped(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
             snap = self.snapshots.take()
             if snap is None:

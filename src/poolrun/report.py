@@ -52,6 +52,7 @@ class Report:
     splits: int = 0
     resumed: int = 0  # of ``items``: read back from a checkpoint, not run this time
     rate: dict[str, Any] = field(default_factory=dict)  # rate=: "limit" and "held_per_s"
+    live_view_cpu_s: float | None = None  # CPU the live view took, when it was drawn
     trace_events_dropped: int = 0  # the in-memory trace keeps only the most recent events
     notes: list[str] = field(default_factory=list)
     # drawn by the HTML report, not shown in the text table (see poolrun.timeline)
@@ -87,6 +88,7 @@ class Report:
             splits=s.counters["splits"],
             resumed=s.resumed,
             rate=dict(s.rate),
+            live_view_cpu_s=s.live_view_cpu_s,
             timeline=s.timeline.to_dict(s.ended or time.perf_counter()),
             latency_histogram=s.latency.buckets(),
         )
@@ -163,6 +165,10 @@ def render_table(r: Report) -> str:
         held = r.rate.get("held_per_s")
         shown = "-" if held is None else f"{held:,.1f} items/s"
         rows.append(("rate", f"limit {r.rate['limit']}, held {shown}"))
+    if r.live_view_cpu_s is not None:
+        share = 100 * r.live_view_cpu_s / max(r.wall_s, 1e-9)
+        cost = f"{1e3 * r.live_view_cpu_s:.0f} ms CPU, {share:.2f} % of the wall time"
+        rows.append(("live view", cost))
     width = max(len(k) for k, _ in rows)
     lines = ["poolrun report", "-" * 60]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

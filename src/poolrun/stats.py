@@ -187,6 +187,7 @@ class Stats:
         self.resumed = 0  # items read back from a checkpoint, not run; how many had failed:
         self.resumed_failed = 0
         self.rate: dict[str, Any] = {}  # rate=: the limit and the rate held
+        self.live_view_cpu_s: float | None = None  # what drawing the live view cost
         self.batches = 0
         self.latency = LatencyHistogram()
         self.per_worker: dict[int, WorkerFigures] = {}

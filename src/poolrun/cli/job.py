@@ -218,6 +218,8 @@ class Job:
         self.feed.close()
         self._show_progress()
         self.progress.close()
+        if self.stream.call is not None:
+            self.stream.call.stats.live_view_cpu_s = self.progress.cpu_s
         if self.resumable is not None:
             self._save(complete=outcome.status == "done")
         else:

@@ -50,6 +50,22 @@ def test_submissions_run_in_workers_and_share_batches():
     assert report.batches < 1000  # many submissions travel in each batch
 
 
+def test_a_long_submission_holds_no_other_behind_it(tmp_path):
+    """Submissions wait in a busy worker's queue only once measured short: behind a long
+    one they would wait while the other worker idles (joblib's 0.2-2 s batches, say)."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    with poolrun.Executor(max_workers=2) as ex:
+        blocked = ex.submit(wait_for_file, str(started), str(release))
+        assert wait_until(started.exists)
+        others = [ex.submit(sleep_return, 0.03) for _ in range(6)]
+        try:  # all run on the other worker while the first still blocks its own
+            assert [f.result(timeout=20) for f in others] == [0.03] * 6
+            assert not blocked.done()
+        finally:
+            release.touch()
+        assert blocked.result(timeout=60) == "released"
+
+
 def test_map_over_two_iterables_and_chunks():
     with poolrun.Executor(max_workers=2) as ex:
         assert list(ex.map(add, range(100), range(100, 200))) == [100 + 2 * i for i in range(100)]

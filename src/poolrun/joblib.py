@@ -9,9 +9,12 @@ Parameters given to ``parallel_config`` besides joblib's own (``timeout``, ``max
 ``retries``, ...) are poolrun options. joblib keeps its own batching: its auto-batching
 (``AutoBatchingMixin``) groups tasks into batches of about 0.2 s, and each joblib batch is
 one :class:`~poolrun.Executor` submission, which poolrun's batcher groups again when they are
-small. Workers limit their BLAS/OpenMP threads as loky's do (``cpu_count() // n_jobs``, or
-``inner_max_num_threads``). A task whose worker crashes, times out or passes ``max_rss``
-fails with :class:`~poolrun.TaskFailed` saying why; joblib raises it from ``Parallel``.
+small. While joblib batches are measured short (under 20 ms), the next one waits in a busy
+worker's queue, hiding the round trip; longer ones go to whichever worker frees first, as
+loky's shared queue gives them. Workers limit their BLAS/OpenMP threads as loky's do
+(``cpu_count() // n_jobs``, or ``inner_max_num_threads``). A task whose worker crashes,
+times out or passes ``max_rss`` fails with :class:`~poolrun.TaskFailed` saying why; joblib
+raises it from ``Parallel``.
 
 As loky does, the backend keeps its workers between ``Parallel`` calls (one set per
 ``n_jobs`` and options), so a program's second call does not pay for starting them again:
@@ -111,10 +114,6 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
         for fixed in ("workers", "ordered"):
             if fixed in options:
                 raise TypeError(f"{fixed}= is joblib's to set here (n_jobs=), not an option")
-        # one joblib batch (~0.2 s once auto-batching has grown it) per worker at a time:
-        # the next waits for whichever worker frees first, as loky's shared queue does,
-        # rather than queueing behind a batch in a worker that may finish last
-        options.setdefault("inflight", 1)
         make_options(**options)  # a bad option fails in parallel_config, not in Parallel
         self.options = options
         self._executor: Executor | None = None

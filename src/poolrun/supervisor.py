@@ -269,11 +269,12 @@ class Supervisor:
         """The next batch of the open calls, taken in turn so that calls share workers.
 
         A rate-limited call sends only to an ``idle`` worker: a batch queued behind another
-        would start later than its tokens say, bunched with the next ones."""
+        would start later than its tokens say, bunched with the next ones. So does a call
+        whose items may be long (see ``Call.queues_behind_busy``)."""
         n = len(self.calls)
         for i in range(n):
             call = self.calls[(self.next_call + i) % n]
-            if call.bucket is not None and not idle:
+            if not idle and (call.bucket is not None or not call.queues_behind_busy):
                 continue
             batch = call.next_batch(self._ids, now)
             if batch is not None:

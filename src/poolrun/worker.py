@@ -38,7 +38,7 @@ from array import array
 from collections import deque, namedtuple
 from collections.abc import Callable, Sequence
 
-from .backends.wire import IOV_MAX, consume, frame
+from .backends.wire import IOV_MAX, Message, consume, frame, pack
 from .tuning import pin_native_threads, tune_malloc
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -211,10 +211,11 @@ def encode_result(
     durations: array,
     errors: list[Failure] | None,
     extra: tuple,
-) -> bytes:
-    """Pickle a batch result; values that cannot be pickled become those items' errors."""
+) -> Message:
+    """Pickle a batch result; values that cannot be pickled become those items' errors.
+    Buffers a value wraps in a ``PickleBuffer`` travel uncopied (see ``wire.pack``)."""
     try:
-        return dumps(("done", batch_id, values, durations, errors, *extra))
+        return pack(("done", batch_id, values, durations, errors, *extra))
     except Exception:
         pass
     errors = list(errors or [])
@@ -226,10 +227,10 @@ def encode_result(
             kind, message, _ = describe_exception(exc, skip_frames=0)
             errors.append((pos, kind, f"result cannot be sent back: {message}", "", False, None))
     errors.sort()
-    return dumps(("done", batch_id, values, durations, errors, *extra))
+    return pack(("done", batch_id, values, durations, errors, *extra))
 
 
-def send(conn: Any, *messages: bytes) -> None:
+def send(conn: Any, *messages: Message) -> None:
     """Send to the supervisor in one write; if it is gone, exit quietly (nobody is left to
     read a traceback).
 

@@ -40,7 +40,6 @@ import itertools
 import logging
 import mmap
 import os
-import pickle
 import queue
 import time
 import uuid
@@ -81,6 +80,7 @@ from .dask_task import (
     _kill_worker_process,
     poolrun_batch,
 )
+from .wire import unpack
 
 SLOT_CAPACITY = 1024  # 32 KiB of /dev/shm; ids bound beyond this go without a slot
 SLOT_DIR = Path("/dev/shm")
@@ -465,7 +465,7 @@ class DaskBackend(Backend):
             self._on_task_error(task, outcome, events)
             return
         message_bytes, memory = outcome
-        message = pickle.loads(message_bytes)
+        message = unpack(message_bytes)
         kind = message[0]
         if kind == "done":
             events += self._done(task, message, memory, received)

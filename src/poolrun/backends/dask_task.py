@@ -48,6 +48,7 @@ from ..worker import (
     load_function,
     run_batch,
 )
+from .wire import joined
 
 SLOT_PID = SLOT_SIZE  # the Dask worker's pid, after the local backend's three numbers
 SLOT_WIDTH = SLOT_SIZE + 1
@@ -180,7 +181,7 @@ def _run(
     message, _, rss_peak = pipeline.run(
         batch_id, payload, fn, retry_on, slot, track_start, runner=runner, extra=(BOOT_ID,)
     )
-    return message, (rss_peak, pipeline.memory.peak)
+    return joined(message), (rss_peak, pipeline.memory.peak)
 
 
 class _UntilAbandoned(list):

@@ -41,7 +41,7 @@ from .base import (
 )
 from .channel import Channel
 from .template import ForkedWorker, Template, TemplateGone, fork_safety, new_slot
-from .wire import wire_pair
+from .wire import unpack, wire_pair
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
@@ -477,7 +477,7 @@ class LocalBackend(Backend):
         selector per check; the worker's own poll object is made once)."""
         try:
             while not w.conn.closed and w.readable.poll(0):
-                events.append(self._event(w, worker.loads(w.conn.recv_bytes())))
+                events.append(self._event(w, unpack(w.conn.recv_bytes())))
         except (EOFError, OSError):
             pass  # died mid-message; the sentinel reports the death
 

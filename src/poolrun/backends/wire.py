@@ -7,17 +7,63 @@ script's run on this project's machines, for the two methods a worker uses. The 
 the same (a 4-byte big-endian signed length, or -1 and an 8-byte length for messages over
 2 GiB), so :class:`~poolrun.backends.channel.Channel` writes to either kind of pipe and a
 forkserver worker still gets a real ``Connection``.
+
+A message may carry large buffers out of band (pickle protocol 5): :func:`pack` returns its
+pickle and the buffers as separate parts of one frame, and :func:`unpack` hands the buffers
+to the unpickler as views of the frame. A worker opts a buffer in by wrapping it in a
+``pickle.PickleBuffer`` (a JSONL range's output block does). Pickled in band, a block of a
+few MB goes through the pickler's growing buffer at ~1 GB/s on this project's machines,
+against ~10 GB/s for the copy into the socket, and the supervisor's unpickling copied it
+once more.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from _pickle import dumps, loads
 from collections import deque
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 IOV_MAX = 512  # buffers handed to one gathering write
+PROTOCOL = 5
+_OUT_OF_BAND = b"B"  # first byte of a packed message with buffers (a pickle's is 0x80)
+_COUNT = struct.Struct("!I")
+
+Message = bytes | list  # a pickle, or the parts of one frame: header, pickle, buffers
+
+
+def pack(message: object) -> Message:
+    """``message`` pickled; its ``PickleBuffer`` objects travel after it, uncopied."""
+    buffers: list = []
+    data = dumps(message, protocol=PROTOCOL, buffer_callback=buffers.append)
+    if not buffers:
+        return data
+    views = [buffer.raw() for buffer in buffers]
+    sizes = struct.pack(f"!{len(views) + 1}Q", len(data), *(v.nbytes for v in views))
+    return [_OUT_OF_BAND + _COUNT.pack(len(views)) + sizes, data, *views]
+
+
+def unpack(data: bytes) -> object:
+    """A message :func:`pack` made (its buffers come back as read-only views of ``data``)."""
+    if data[:1] != _OUT_OF_BAND:
+        return loads(data)
+    view = memoryview(data)
+    (count,) = _COUNT.unpack_from(view, 1)
+    at = 1 + _COUNT.size
+    sizes = struct.unpack_from(f"!{count + 1}Q", view, at)
+    at += 8 * (count + 1)
+    parts = []
+    for size in sizes:
+        parts.append(view[at : at + size])
+        at += size
+    return loads(parts[0], buffers=parts[1:])
+
+
+def joined(message: Message) -> bytes:
+    """A packed message as one ``bytes`` (for a transport that takes one object)."""
+    return message if isinstance(message, bytes) else b"".join(message)
 
 
 def frame_header(size: int) -> bytes:
@@ -27,11 +73,12 @@ def frame_header(size: int) -> bytes:
     return _SHORT.pack(size)
 
 
-def frame(pending: deque[memoryview], *messages: bytes) -> None:
+def frame(pending: deque[memoryview], *messages: Message) -> None:
     """Queue each message behind its length prefix, for a gathering write (no copies)."""
     for message in messages:
-        pending.append(memoryview(frame_header(len(message))))
-        pending.append(memoryview(message))
+        parts = [memoryview(p) for p in (message if isinstance(message, list) else [message])]
+        pending.append(memoryview(frame_header(sum(p.nbytes for p in parts))))
+        pending.extend(parts)
 
 
 def consume(pending: deque[memoryview], written: int) -> None:

@@ -190,8 +190,9 @@ class RangeFeed:
     def _write_result(self, result: RangeResult, out: LineWriter) -> list[Held]:
         """The block in one write; failed lines that may be retried run again first, and
         their outputs go in where they belong."""
+        block = memoryview(result.block)
         if not result.failures:
-            out.write(result.block)
+            out.write(block)
             return []
         again = [f for f in result.failures if f.retryable] if self.retries else []
         redone: dict[int, ItemResult] = {}
@@ -200,7 +201,7 @@ class RangeFeed:
             results = self.fallback.run([f.raw for f in again], self.retries - 1)
             redone = {f.line: r for f, r in zip(again, results, strict=True)}
         held: list[Held] = []
-        block, at = result.block, 0
+        at = 0
         for failure in result.failures:
             second = redone.get(failure.line)
             if second is not None and second.ok:

@@ -35,11 +35,11 @@ class LineWriter:
         self._file = open(self.path, "ab", buffering=CHUNK)  # noqa: SIM115
         self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._file is None:
             self._open()
         self._file.write(data)  # type: ignore[union-attr]
-        self.size += len(data)
+        self.size += memoryview(data).nbytes
 
     def sync(self) -> None:
         """Flush, and make it durable for a regular file: a checkpoint may now name its size."""

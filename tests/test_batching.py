@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -105,6 +106,8 @@ def test_fixed_size_is_fixed():
     sizer.observe(64, busy_seconds=100.0, rss_start=1, rss_peak=2)
     assert sizer.next_size() == 64
     assert sizer.next_size(remaining=10) == 10
+    # the time per item is still learnt: the dispatcher asks it whether items are short
+    assert sizer.per_item_seconds == pytest.approx(100.0 / 64)
 
 
 @given(

@@ -59,6 +59,17 @@ def test_input_shapes(pool, make):
     assert pool.map(describe, make()).values == expected
 
 
+def test_numpy_results_come_back_writable_and_aligned(pool):
+    """A numpy array offers its data to the pickler as an out-of-band buffer; only the
+    command line's output blocks may travel so, or arrays would come back as read-only,
+    unaligned views of the received message."""
+    for arrays in (pool.map(np.ones, [3, 1000]).values, poolrun.map(np.ones, [5]).values):
+        for array in arrays:
+            assert array.flags.writeable and array.flags.aligned
+            array += 1
+            assert (array == 2).all()
+
+
 def test_lambdas_closures_and_local_functions():
     offset = 10
 

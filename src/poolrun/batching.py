@@ -94,19 +94,11 @@ class BatchSizer:
 
     def observe(self, n: int, busy_seconds: float, rss_start: int = 0, rss_peak: int = 0) -> None:
         """Learn from a finished batch of ``n`` items that ran ``busy_seconds`` in the worker."""
-        if n <= 0 or self.fixed is not None:
+        if n <= 0:
             return
-        per_item = max(busy_seconds, 0.0) / n
-        self.observed += 1
-        warming = self.observed <= WARMUP_BATCHES
-        if self.per_item_seconds is None or (warming and per_item < self.per_item_seconds):
-            # a fresh worker's first items pay one-time costs (imports, caches, page
-            # faults): while warming up, the fastest time seen is the one to size by
-            self.per_item_seconds = per_item
-        elif not warming:
-            weight = max(0.5, n / (n + self.last_n))
-            self.per_item_seconds += weight * (per_item - self.per_item_seconds)
-        self.last_n = n
+        warming = self._learn_time(n, max(busy_seconds, 0.0) / n)
+        if self.fixed is not None:  # the time per item is still known (the dispatcher uses it)
+            return
         wanted = self._first_size() if warming else self._time_size(n)
         if self.max_rss:
             by_memory = self._memory_size(n, rss_start, rss_peak)
@@ -118,6 +110,20 @@ class BatchSizer:
             wanted = self.max_size
             self.reason = self._why["largest"]
         self.size = max(1, wanted)
+
+    def _learn_time(self, n: int, per_item: float) -> bool:
+        """Update the time per item; True while still warming up."""
+        self.observed += 1
+        warming = self.observed <= WARMUP_BATCHES
+        if self.per_item_seconds is None or (warming and per_item < self.per_item_seconds):
+            # a fresh worker's first items pay one-time costs (imports, caches, page
+            # faults): while warming up, the fastest time seen is the one to size by
+            self.per_item_seconds = per_item
+        elif not warming:
+            weight = max(0.5, n / (n + self.last_n))
+            self.per_item_seconds += weight * (per_item - self.per_item_seconds)
+        self.last_n = n
+        return warming
 
     def must_recycle(self, rss_start: int, rss_peak: int) -> bool:
         """True when a worker's memory says it should be replaced before its next batch."""

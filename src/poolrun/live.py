@@ -189,7 +189,12 @@ class LiveDisplay:
         supervisor holds so far: 30-80 ms at 8M results, which the view would take from the
         run while holding the GIL. Paused, the frame's objects are freed before the
         collector counts them, and the run pays for its one collection where it would have
-        without a view. A program that turned the collector off keeps it off."""
+        without a view. A program that turned the collector off keeps it off.
+
+        The pause is process-wide, for as long as a frame takes (1-2 ms), or for as long as
+        a stalled terminal (Ctrl-S) blocks the frame's write: cyclic garbage made meanwhile
+        waits for the next collection. A thread that turns the collector off in the middle
+        of a frame finds it on again after the frame."""
         paused = gc.isenabled()
         if paused:
             gc.disable()

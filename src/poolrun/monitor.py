@@ -122,19 +122,14 @@ class Monitor:
             self._thread.start()
 
     def _loop(self) -> None:
-        try:
-            self._draw_until_stopped()
-        finally:
-            if self.display is not None and self.display.started:
-                self.cpu_s = time.thread_time()  # this thread's whole life
-
-    def _draw_until_stopped(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
             snap = self.snapshots.take()
             if snap is None:
                 continue
             if self.display is not None and (self.display.started or due(snap, self.defer)):
+                before = time.thread_time()  # the frames alone, not the status file
                 self.display.show(snap)
+                self.cpu_s = (self.cpu_s or 0.0) + time.thread_time() - before
             now = time.monotonic()
             if self.status is not None and now >= self.next_status:
                 self.next_status = now + STATUS_SECONDS

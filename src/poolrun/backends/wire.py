@@ -10,18 +10,20 @@ forkserver worker still gets a real ``Connection``.
 
 A message may carry large buffers out of band (pickle protocol 5): :func:`pack` returns its
 pickle and the buffers as separate parts of one frame, and :func:`unpack` hands the buffers
-to the unpickler as views of the frame. A worker opts a buffer in by wrapping it in a
-``pickle.PickleBuffer`` (a JSONL range's output block does). Pickled in band, a block of a
-few MB goes through the pickler's growing buffer at ~1 GB/s on this project's machines,
-against ~10 GB/s for the copy into the socket, and the supervisor's unpickling copied it
-once more.
+to the unpickler as views of the frame. Only an :class:`OutOfBand` wrapped in a
+``pickle.PickleBuffer`` travels so (a JSONL range's output block). Pickled in band, a block
+of a few MB goes through the pickler's growing buffer at ~1 GB/s on this project's
+machines, against ~10 GB/s for the copy into the socket, and the supervisor's unpickling
+copied it once more. Every other buffer stays in band: a numpy array offers its data as a
+``PickleBuffer`` too, and out of band it would come back read-only, unaligned, and holding
+its whole frame alive.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from _pickle import dumps, loads
+from _pickle import PickleBuffer, dumps, loads
 from collections import deque
 
 _SHORT = struct.Struct("!i")
@@ -34,10 +36,23 @@ _COUNT = struct.Struct("!I")
 Message = bytes | list  # a pickle, or the parts of one frame: header, pickle, buffers
 
 
+class OutOfBand(bytearray):
+    """A bytearray that :func:`pack` sends after the pickle, uncopied, when a
+    ``PickleBuffer`` wraps it; the receiver gets a read-only view of the frame."""
+
+
 def pack(message: object) -> Message:
-    """``message`` pickled; its ``PickleBuffer`` objects travel after it, uncopied."""
+    """``message`` pickled; its ``PickleBuffer`` objects over an :class:`OutOfBand` travel
+    after it, uncopied."""
     buffers: list = []
-    data = dumps(message, protocol=PROTOCOL, buffer_callback=buffers.append)
+
+    def in_band(buffer: PickleBuffer) -> bool:  # a false answer sends it out of band
+        if isinstance(buffer.raw().obj, OutOfBand):
+            buffers.append(buffer)
+            return False
+        return True
+
+    data = dumps(message, protocol=PROTOCOL, buffer_callback=in_band)
     if not buffers:
         return data
     views = [buffer.raw() for buffer in buffers]

@@ -31,6 +31,7 @@ import orjson
 import psutil
 
 from .. import worker
+from ..backends.wire import OutOfBand
 from ..spec import resolve
 from .ranges import Range
 from .reader import InputError
@@ -130,7 +131,7 @@ class LineTask:
         # One growing buffer, not a list of orjson outputs joined at the end: each bytes
         # object orjson returns keeps its 4 KiB first buffer's heap chunk pinned while it
         # lives, so 20k kept lines cost 80 MiB of fresh pages (page faults, RSS) per range.
-        out = bytearray()
+        out = OutOfBand()  # a bytearray that travels uncopied (see backends.wire.pack)
         failures: list[LineFailure] = []
         loads, dumps, fn = orjson.loads, orjson.dumps, self.fn
         clock = self._item_clock() if ranged else None
@@ -162,7 +163,6 @@ class LineTask:
         if not ranged:
             return bytes(out)
         seconds = time.perf_counter() - started
-        # the block travels after the message's pickle, uncopied (see backends.wire.pack)
         block = PickleBuffer(out)
         return RangeResult(
             block, failures, number + 1, zlib.crc32(data), seconds, rss_start, self._rss()

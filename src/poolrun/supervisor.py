@@ -214,6 +214,9 @@ class Supervisor:
                 self.lock.acquire()
             for event in events:
                 self._handle(event)
+            # a worker that just finished gets its next batch now, before the results are
+            # released to the consumer (which may spend milliseconds placing 50k values)
+            self._dispatch()
             now = time.perf_counter()
             self._police(now)
             for c in self.calls:

@@ -13,19 +13,36 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def pin_native_threads(threads: int | None) -> None:
     """Keep BLAS/OpenMP pools to this worker's share of the CPUs (unless the user chose)."""
-    if not threads:
+    if not _pins(threads):
         return
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    if any(name in os.environ for name in names):
-        return
-    for name in names:
+    for name in _THREAD_VARIABLES:
         os.environ[name] = str(threads)
-    if "numpy" in sys.modules or "scipy" in sys.modules:
+    if _native_pools_loaded():
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads)
+
+
+def prepare_pinning(threads: int | None) -> None:
+    """In the process workers fork from: import threadpoolctl once, so that each worker
+    does not. Its import takes 7-14 ms, before a worker's first batch, in every worker of
+    every call; a module imported here is inherited. Nothing is limited here: the caller's
+    own BLAS keeps its threads."""
+    if _pins(threads) and _native_pools_loaded():
+        import threadpoolctl  # noqa: F401
+
+
+def _pins(threads: int | None) -> bool:
+    return bool(threads) and not any(name in os.environ for name in _THREAD_VARIABLES)
+
+
+def _native_pools_loaded() -> bool:
+    return "numpy" in sys.modules or "scipy" in sys.modules
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters

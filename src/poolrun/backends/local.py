@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 
-from .. import log, worker
+from .. import log, tuning, worker
 from ..options import available_cpus
 from .base import (
     Backend,
@@ -225,6 +225,7 @@ class LocalBackend(Backend):
             inherited = {INHERITED_TOKEN: self.inherit} if self.inherit else {}
             if self.inherit_items is not None:
                 inherited[ITEMS_TOKEN] = self.inherit_items
+            tuning.prepare_pinning(self.blas_threads)  # before the fork: workers inherit it
             self.template = Template(inherited, self.init, self.blas_threads)
         missing = self.size - len(self.workers)
         if missing > 0:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from poolrun.batching import WARMUP_BATCHES, BatchSizer
+from poolrun.batching import TAIL_MIN_SECONDS, WARMUP_BATCHES, BatchSizer
 
 
 def test_grows_under_a_fast_clock_until_the_target():
@@ -125,3 +125,21 @@ def test_never_below_one_never_above_the_cap(observations, cap, max_rss):
         assert 1 <= n <= cap
         sizer.observe(n, busy, start, peak)
     assert 1 <= sizer.next_size() <= cap
+
+
+def _measured(per_item: float) -> BatchSizer:
+    sizer = BatchSizer(workers=2, target_seconds=0.05)
+    for _ in range(WARMUP_BATCHES + 2):
+        sizer.observe(1000, busy_seconds=1000 * per_item)
+    return sizer
+
+
+def test_the_tail_shrinks_batches_but_not_tiny_items_below_2_ms_of_work():
+    """At the tail, batches shrink to a fair share of what is left, so workers finish
+    together; for items of a few µs, not below 2 ms of work, or the tail is round trips."""
+    tiny = _measured(0.3e-6)  # 0.3 µs: 2 ms is ~6,666 items
+    assert tiny.next_size(remaining=20_000) == int(TAIL_MIN_SECONDS / 0.3e-6)
+    assert tiny.next_size(remaining=3_000) == 3_000  # never more than is left
+    slow = _measured(0.3e-3)  # 0.3 ms items: the floor stays a hundredth of the size
+    assert slow.next_size(remaining=20) == 5  # a fair share: 20 / (2 x 2 workers)
+    assert slow.next_size(remaining=2) == 1

@@ -28,6 +28,10 @@ import math
 
 GROWTH_CAP = 4.0
 TAIL_FRACTION = 100  # the balance rule never cuts a batch below size // TAIL_FRACTION
+# ...nor, for items of a few µs or less, below this much work: there a round trip (and the
+# supervisor placing the results) costs more than the batch, and the tail is all round trips
+TAIL_MIN_SECONDS = 0.002
+TINY_ITEM_SECONDS = 2e-6
 WARMUP_BATCHES = 8  # the first batches set the size straight from the time (no growth cap)
 SOFT_RSS_FRACTION = 0.75  # batches are sized to keep a worker's peak RSS below this share
 RECYCLE_PEAK_FRACTION = 0.9  # a worker that peaked above this share is replaced
@@ -85,7 +89,7 @@ class BatchSizer:
                 # not below a hundredth of the time-based size: a tail of ever smaller
                 # batches costs a round trip each (a tenth left the last cluster of heavy
                 # items of a skewed run in one batch, running alone for a fifth of the run)
-                floor = max(1, self.size // TAIL_FRACTION)
+                floor = max(1, self.size // TAIL_FRACTION, self._tiny_items_in(TAIL_MIN_SECONDS))
                 fair_share = max(math.ceil(remaining / (2 * self.workers)), floor)
                 if fair_share < size:
                     size = fair_share
@@ -110,6 +114,13 @@ class BatchSizer:
             wanted = self.max_size
             self.reason = self._why["largest"]
         self.size = max(1, wanted)
+
+    def _tiny_items_in(self, seconds: float) -> int:
+        """How many items fill ``seconds``, if items are tiny (else 0: no floor by time)."""
+        per_item = self.per_item_seconds
+        if not per_item or per_item > TINY_ITEM_SECONDS:
+            return 0
+        return int(seconds / per_item)
 
     def _learn_time(self, n: int, per_item: float) -> bool:
         """Update the time per item; True while still warming up."""

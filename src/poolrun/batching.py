@@ -16,7 +16,9 @@ The policy, fed after each batch with how long its items took and the worker's R
   fair share of what remains, so no worker idles while another finishes a big last batch
   (but never less than a hundredth of the time-based size: fine enough that a few costly
   items left for last spread over the workers, as their round trips are cheap next to the
-  wait they save; at the tail the supervisor sends batches to idle workers only);
+  wait they save; and for items of a few µs, never less than 2 ms of work, where a round
+  trip costs more than the batch; at the tail the supervisor sends batches to idle workers
+  only);
 * **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
   half of the worker's remaining headroom, and halve the size when a worker's peak nears the
   limit; a worker whose memory stays high between batches is recycled.
@@ -26,12 +28,13 @@ from __future__ import annotations
 
 import math
 
+from .worker import TIMED_ITEM_SECONDS
+
 GROWTH_CAP = 4.0
 TAIL_FRACTION = 100  # the balance rule never cuts a batch below size // TAIL_FRACTION
 # ...nor, for items of a few µs or less, below this much work: there a round trip (and the
 # supervisor placing the results) costs more than the batch, and the tail is all round trips
 TAIL_MIN_SECONDS = 0.002
-TINY_ITEM_SECONDS = 2e-6
 WARMUP_BATCHES = 8  # the first batches set the size straight from the time (no growth cap)
 SOFT_RSS_FRACTION = 0.75  # batches are sized to keep a worker's peak RSS below this share
 RECYCLE_PEAK_FRACTION = 0.9  # a worker that peaked above this share is replaced
@@ -118,7 +121,7 @@ class BatchSizer:
     def _tiny_items_in(self, seconds: float) -> int:
         """How many items fill ``seconds``, if items are tiny (else 0: no floor by time)."""
         per_item = self.per_item_seconds
-        if not per_item or per_item > TINY_ITEM_SECONDS:
+        if not per_item or per_item > TIMED_ITEM_SECONDS:  # items a worker times in bulk
             return 0
         return int(seconds / per_item)
 

@@ -52,8 +52,8 @@ class Monitor:
         self.defer = defer
         self.status = status
         self.next_status = 0.0
-        # CPU time the view's thread and its final draw took: the run's report shows what
-        # watching it cost (seconds; None when nothing was drawn)
+        # CPU time the view's frames took, the final one included: the run's report shows
+        # what watching it cost (seconds; None when nothing was drawn)
         self.cpu_s: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,12 +92,8 @@ class Monitor:
             self._thread.join()
             self._thread = None
             snap = self.snapshots.take("finished")
-            if self.display is not None:
-                drawn = self.display.started
-                before = time.thread_time()
-                self.display.close(snap)
-                if drawn:
-                    self.cpu_s = (self.cpu_s or 0.0) + time.thread_time() - before
+            if self.display is not None and self.display.started:
+                self._timed(self.display.close, snap)
             if self.status is not None and snap is not None:
                 self.status.write(snap)
         self.fallback.close()
@@ -127,13 +123,17 @@ class Monitor:
             if snap is None:
                 continue
             if self.display is not None and (self.display.started or due(snap, self.defer)):
-                before = time.thread_time()  # the frames alone, not the status file
-                self.display.show(snap)
-                self.cpu_s = (self.cpu_s or 0.0) + time.thread_time() - before
+                self._timed(self.display.show, snap)
             now = time.monotonic()
             if self.status is not None and now >= self.next_status:
                 self.next_status = now + STATUS_SECONDS
                 self.status.write(snap)
+
+    def _timed(self, draw: Callable[[Any], None], snap: dict[str, Any] | None) -> None:
+        """Draw, adding the CPU time it took to ``cpu_s`` (frames only, not the status file)."""
+        before = time.thread_time()
+        draw(snap)
+        self.cpu_s = (self.cpu_s or 0.0) + time.thread_time() - before
 
 
 def due(snap: dict[str, Any], defer: bool) -> bool:

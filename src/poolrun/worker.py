@@ -38,14 +38,13 @@ from array import array
 from collections import deque, namedtuple
 from collections.abc import Callable, Sequence
 
-from .backends.wire import IOV_MAX, Message, consume, frame, pack
+from .backends.wire import IOV_MAX, PROTOCOL, Message, consume, frame, pack
 from .tuning import pin_native_threads, tune_malloc
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-PROTOCOL = 5
 EXIT_SUPERVISOR_GONE = 70
 EXIT_INIT_FAILED = 71
 

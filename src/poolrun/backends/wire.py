@@ -44,18 +44,18 @@ class OutOfBand(bytearray):
 def pack(message: object) -> Message:
     """``message`` pickled; its ``PickleBuffer`` objects over an :class:`OutOfBand` travel
     after it, uncopied."""
-    buffers: list = []
+    views: list[memoryview] = []
 
     def in_band(buffer: PickleBuffer) -> bool:  # a false answer sends it out of band
-        if isinstance(buffer.raw().obj, OutOfBand):
-            buffers.append(buffer)
+        view = buffer.raw()
+        if isinstance(view.obj, OutOfBand):
+            views.append(view)
             return False
         return True
 
     data = dumps(message, protocol=PROTOCOL, buffer_callback=in_band)
-    if not buffers:
+    if not views:
         return data
-    views = [buffer.raw() for buffer in buffers]
     sizes = struct.pack(f"!{len(views) + 1}Q", len(data), *(v.nbytes for v in views))
     return [_OUT_OF_BAND + _COUNT.pack(len(views)) + sizes, data, *views]
 

@@ -143,3 +143,23 @@ def test_the_tail_shrinks_batches_but_not_tiny_items_below_2_ms_of_work():
     slow = _measured(0.3e-3)  # 0.3 ms items: the floor stays a hundredth of the size
     assert slow.next_size(remaining=20) == 5  # a fair share: 20 / (2 x 2 workers)
     assert slow.next_size(remaining=2) == 1
+
+
+def _call_over(n: int):
+    from poolrun.calls import Call
+    from poolrun.options import make_options
+    from poolrun.stats import Stats
+    from poolrun.trace import Trace
+
+    opts = make_options(workers=2)
+    return Call(1, range(n), opts, Stats("local", 2), Trace(0.0), n)
+
+
+def test_tiny_items_are_never_at_the_tail():
+    """At the tail, batches go to idle workers only, each after a round trip through the
+    supervisor. Tail batches of tiny items keep 2 ms of work, so they may queue instead."""
+    slow, tiny = _call_over(100), _call_over(100)
+    slow.sizer.observe(1, busy_seconds=1e-3)
+    tiny.sizer.observe(1, busy_seconds=1e-7)
+    assert slow.at_tail and not slow.sizer.items_are_tiny
+    assert tiny.sizer.items_are_tiny and not tiny.at_tail

@@ -35,7 +35,9 @@ PRELUDE = textwrap.dedent(
 )
 
 
-def run_script(*parts: str, tmp_path, timeout: float = 60) -> list[dict]:
+def run_script(
+    *parts: str, tmp_path, timeout: float = 60, env: dict[str, str] | None = None
+) -> list[dict]:
     """Run PRELUDE + parts in a fresh interpreter; its JSON lines, parsed."""
     script = PRELUDE.format(tests=os.path.dirname(__file__))
     script += "".join(textwrap.dedent(part) for part in parts)
@@ -45,6 +47,7 @@ def run_script(*parts: str, tmp_path, timeout: float = 60) -> list[dict]:
         text=True,
         timeout=timeout,
         cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -162,6 +165,30 @@ def test_auto_falls_back_to_the_forkserver_when_openmp_is_loaded(tmp_path):
     )
     assert out["start"].startswith("forkserver")
     assert "OpenMP runtime (libgomp)" in out["start"]
+
+
+def test_blas_is_limited_once_in_the_template_not_by_a_spinning_pool_in_each_worker(tmp_path):
+    """OpenBLAS restarts its thread pool when it is told a thread count after a fork, and
+    the restarted threads spin for ~0.1 s before they sleep. Limited in each worker, that
+    cost every worker of a first call ~70 ms of CPU on a core it needed; limited once in
+    the template, before it forks, the workers inherit the limit and no pool at all."""
+    unpinned = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    (out,) = run_script(
+        """
+        import numpy
+        from threadpoolctl import threadpool_info
+        def fn(_):
+            blas = sorted({pool["num_threads"] for pool in threadpool_info()})
+            return len(os.listdir("/proc/self/task")), blas
+        report(poolrun.map(fn, range(4), workers=2), env=os.environ.get("OPENBLAS_NUM_THREADS"))
+        """,
+        tmp_path=tmp_path,
+        env=unpinned,
+    )
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert out["start"].startswith("fork template")
+    assert out["values"] == [[2, [share]]] * 4  # the worker's own thread and its watcher
+    assert out["env"] is None  # the caller's own BLAS keeps its threads
 
 
 # A function that SIGKILLs its own worker the first time it meets item 50 (a marker file

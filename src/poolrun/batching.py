@@ -18,7 +18,7 @@ The policy, fed after each batch with how long its items took and the worker's R
   items left for last spread over the workers, as their round trips are cheap next to the
   wait they save; and for items of a few µs, never less than 2 ms of work, where a round
   trip costs more than the batch; at the tail the supervisor sends batches to idle workers
-  only);
+  only, except batches of such tiny items);
 * **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
   half of the worker's remaining headroom, and halve the size when a worker's peak nears the
   limit; a worker whose memory stays high between batches is recycled.
@@ -118,12 +118,17 @@ class BatchSizer:
             self.reason = self._why["largest"]
         self.size = max(1, wanted)
 
+    @property
+    def items_are_tiny(self) -> bool:
+        """Are items measured so short that a worker times them in bulk, not one by one?"""
+        per_item = self.per_item_seconds
+        return per_item is not None and per_item <= TIMED_ITEM_SECONDS
+
     def _tiny_items_in(self, seconds: float) -> int:
         """How many items fill ``seconds``, if items are tiny (else 0: no floor by time)."""
-        per_item = self.per_item_seconds
-        if not per_item or per_item > TIMED_ITEM_SECONDS:  # items a worker times in bulk
+        if not self.items_are_tiny or not self.per_item_seconds:
             return 0
-        return int(seconds / per_item)
+        return int(seconds / self.per_item_seconds)
 
     def _learn_time(self, n: int, per_item: float) -> bool:
         """Update the time per item; True while still warming up."""

@@ -157,8 +157,12 @@ class Call:
 
     @property
     def at_tail(self) -> bool:
-        """Are the items left few enough that the workers' queues could hold them all?"""
-        if self.total is None or self.feed is not None:
+        """Are the items left few enough that the workers' queues could hold them all?
+
+        Never for tiny items: their tail batches keep milliseconds of work (see
+        ``batching``), so one queued behind a busy worker waits little, while a worker
+        left idle until the supervisor gets round to it waits for every round trip."""
+        if self.total is None or self.feed is not None or self.sizer.items_are_tiny:
             return False
         left = self.total - self.consumed
         return left <= self.opts.workers * self.opts.inflight * self.sizer.size

@@ -251,6 +251,7 @@ def _template_main(
     _detach_from_caller()
     _set_process_name(PROCESS_NAME)
     worker.INHERITED.update(inherited)
+    tuning.pin_native_threads(blas_threads)  # once here, not in each worker: see tuning
 
     supervisor = os.pidfd_open(supervisor_pid)
     children: dict[int, int] = {}  # pidfd -> pid

@@ -36,8 +36,9 @@ at once (the supervisor saw it overrun): it is retried like an exception, then f
 At the tail of an input of known length (few enough items left that the workers' queues
 could hold them all) batches go to idle workers only, so none sits queued behind a busy
 worker's batch while the other workers run out of work; tiny items are exempt (their tail
-batches are a few milliseconds, and a round trip per batch is what they cannot afford). A call whose input is a list, a
-tuple or a range, and whose workers were forked holding it, sends positions, not items.
+batches are a few milliseconds, and a round trip per batch is what they cannot afford).
+A call whose input is a list, a tuple or a range, and whose workers were forked holding it,
+sends positions, not items.
 
 The loop never sleeps: it blocks in ``backend.wait`` until a result or a death arrives, or
 until the next deadline it owns (an item's timeout, a worker's start-up, the next memory

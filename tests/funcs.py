@@ -25,6 +25,12 @@ def fail_on_three(x):
     return x
 
 
+def fail_on_thousands(x):
+    if x % 1000 == 999:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
 def describe(x):
     """Something of every shape: dicts, arrays, None pass through recognisably."""
     if isinstance(x, np.ndarray):

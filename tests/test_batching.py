@@ -145,14 +145,14 @@ def test_the_tail_shrinks_batches_but_not_tiny_items_below_2_ms_of_work():
     assert slow.next_size(remaining=2) == 1
 
 
-def _call_over(n: int):
+def _call_over(n: int, items=None):
     from poolrun.calls import Call
     from poolrun.options import make_options
     from poolrun.stats import Stats
     from poolrun.trace import Trace
 
     opts = make_options(workers=2)
-    return Call(1, range(n), opts, Stats("local", 2), Trace(0.0), n)
+    return Call(1, range(n) if items is None else items, opts, Stats("local", 2), Trace(0.0), n)
 
 
 def test_tiny_items_are_never_at_the_tail():
@@ -163,3 +163,23 @@ def test_tiny_items_are_never_at_the_tail():
     tiny.sizer.observe(1, busy_seconds=1e-7)
     assert slow.at_tail and not slow.sizer.items_are_tiny
     assert tiny.sizer.items_are_tiny and not tiny.at_tail
+
+
+@given(st.lists(st.integers(), max_size=30), st.integers(0, 30), st.integers(0, 30))
+def test_a_source_slice_reads_as_the_copy_it_replaces(source, start, stop):
+    from poolrun.calls import SourceSlice
+
+    start, stop = sorted((min(start, len(source)), min(stop, len(source))))
+    view, copy = SourceSlice(source, start, stop), source[start:stop]
+    assert len(view) == len(copy) and list(view) == copy and view[:] == copy
+    assert [view[i] for i in range(-len(copy), len(copy))] == copy + copy
+    assert view[1:-1] == copy[1:-1] and view[::2] == copy[::2]
+    with pytest.raises(IndexError):
+        view[len(copy)]
+
+
+def test_fresh_batches_of_a_list_input_are_not_copied():
+    source = list(range(50))
+    call = _call_over(50, source)
+    batch = call.next_batch(iter(range(1, 9)), 0.0)
+    assert batch.items.source is source and list(batch.items) == source[: len(batch.items)]

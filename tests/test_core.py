@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import poolrun
 import poolrun.options
 from conftest import PeakWorkerRss, live_workers
-from funcs import describe, eight_mb_array, fail_on_three, identity, square
+from funcs import describe, eight_mb_array, fail_on_thousands, fail_on_three, identity, square
 
 
 @pytest.fixture
@@ -92,6 +92,18 @@ def test_errors_stay_per_item_and_point_into_user_code():
         poolrun.ItemsFailed, match=r"1 of 10 items failed; first: item 3: ValueError"
     ):
         _ = run.values
+
+
+def test_errors_of_tiny_items_run_in_bulk_stay_per_item():
+    """Tiny items run in bulk (``list.extend(map(...))``, no ``try`` per item): an item's
+    exception must still be that item's error, and its neighbours' values all kept."""
+    n = 60_000
+    run = poolrun.map(fail_on_thousands, range(n), workers=2)
+    assert [r.index for r in run.errors] == list(range(999, n, 1000))
+    assert all(r.error.message == f"bad item {r.index}" for r in run.errors)
+    assert "fail_on_thousands" in run.errors[-1].error.traceback
+    assert "poolrun/worker.py" not in run.errors[-1].error.traceback
+    assert [r.value for r in run.results if r.ok] == [x for x in range(n) if x % 1000 != 999]
 
 
 def test_item_result_fields():

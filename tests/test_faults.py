@@ -41,13 +41,26 @@ from funcs import (
 )
 def test_only_the_crashing_item_fails(make, cause):
     k = 37
-    run = poolrun.map(make(k), range(100), workers=2, batch_size=16)
+    # a timeout makes every batch run item by item (no bulk runs), so deaths are exact
+    run = poolrun.map(make(k), range(100), workers=2, batch_size=16, timeout=60)
     assert [r.index for r in run.errors] == [k]
     assert run.errors[0].error.cause == cause
     assert [r.value for r in run.results if r.ok] == [x for x in range(100) if x != k]
     # once in its batch, then alone until the evidence is enough (more for a SIGKILL, which
     # could have come from outside)
     assert run.report.worker_deaths == (4 if "SIGKILL" in cause else 2)
+
+
+def test_a_crash_in_a_bulk_batch_is_found_by_running_the_batch_item_by_item():
+    """Tiny items run in bulk, with no per-item record of which one is running: a crash
+    there sends the batch again to run item by item, where the next crash names the item."""
+    k = 30_000
+    run = poolrun.map(segfault_on(k), range(40_000), workers=2)
+    assert [r.index for r in run.errors] == [k]
+    assert run.errors[0].error.cause == "worker-died: SIGSEGV"
+    assert [r.value for r in run.results if r.ok] == [x for x in range(40_000) if x != k]
+    # in bulk (no item named), in the same batch item by item, then alone
+    assert run.report.worker_deaths == 3
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from array import array
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from .worker import Uniform
+
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
@@ -267,7 +269,9 @@ class Columns:
         durations = segment.durations
         if isinstance(durations, array):
             self.durations.extend(durations)
-        else:  # a worker's Uniform (n equal times), or a plain sequence
+        elif type(durations) is Uniform:  # n equal times: repeated in C, not via a list
+            self.durations.extend(array("d", (durations.value,)) * len(durations))
+        else:  # a plain sequence
             self.durations.extend(array("d", durations[:]))
         for pos, error in segment.errors.items():
             self.errors[start + pos] = error

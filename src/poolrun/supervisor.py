@@ -28,7 +28,8 @@ guarded by one lock, released only while the driver blocks in ``backend.wait``; 
 consumer that made room, or a cancelled call wake that wait through ``backend.wake()``.
 
 A worker that dies is replaced at once. The batch it was running is split around the item
-it was running (known from the worker's shared slot), as :mod:`poolrun.faults` decides: the
+it was running (known from the worker's shared slot; a batch of tiny items run in bulk does
+not say which, so it first runs again item by item), as :mod:`poolrun.faults` decides: the
 items before and after run again as batches, the item itself runs again alone, and fails
 only once it has killed enough workers. A timeout kills the worker too, but blames the item
 at once (the supervisor saw it overrun): it is retried like an exception, then fails.
@@ -296,7 +297,8 @@ class Supervisor:
         batch, payload = encoded
         self.batches[batch.id] = batch
         self.inflight[w].append(batch.id)
-        self.backend.submit(w, batch.id, batch.call.fn_id, payload)
+        batch.bulk = self.backend.runs_in_bulk and batch.call.in_bulk(batch)
+        self.backend.submit(w, batch.id, batch.call.fn_id, payload, batch.bulk)
 
     def _recycle_idle(self) -> None:
         for w in [w for w in self.retiring if not self.inflight.get(w)]:

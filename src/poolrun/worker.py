@@ -2,11 +2,11 @@
 
 A worker lives for many batches. It gets the user's function once, either handed down by the
 fork template it was forked from (:data:`INHERITED`, nothing pickled) or cloudpickled over
-its pipe, then batches of items. It runs every item in its own ``try`` so one item's
-exception never costs its neighbours, times each item, and sends back two messages per
-batch, in one write: the result (values, durations, only the failed items' errors) and a
-small one with its memory (measured after the result was pickled, so the peak includes the
-message).
+its pipe, then batches of items. One item's exception never costs its neighbours: each item
+runs in its own ``try`` and is timed, except tiny items, which run in bulk (see
+:func:`run_batch`). It sends back two messages per batch, in one write: the result (values,
+durations, only the failed items' errors) and a small one with its memory (measured after
+the result was pickled, so the peak includes the message).
 
 Three things keep a worker from ever being a problem for its supervisor:
 
@@ -130,20 +130,29 @@ def run_batch(
     retry_on: tuple[type[BaseException], ...],
     track_start: bool = True,
     timed: bool = True,
+    bulk: bool = False,
 ) -> tuple[list[Any], Sequence[float], list[Failure] | None]:
-    """Run ``fn`` over ``items``, each in its own ``try``; returns values, durations, errors.
+    """Run ``fn`` over ``items``; returns values, durations, errors. An item's exception
+    is that item's error, never its neighbours'.
 
     Durations go in an ``array('d')``: it pickles as one block of bytes, not as many floats.
     Item start times are written to the slot only when a timeout needs them. With
     ``timed=False`` (items known to take under ~2 µs) each item gets the batch's mean time,
-    because a clock read per item would double the cost of such work.
+    because a clock read per item would double the cost of such work. ``bulk`` (the
+    supervisor's choice, for such items and no timeout) goes further: no ``try`` and no slot
+    write per item, so after a crash the slot tells the batch but not the item (the
+    supervisor then runs the batch again without ``bulk``).
     """
     slot[SLOT_BATCH] = batch_id
-    if timed or track_start:
+    if track_start or (timed and not bulk):
         values, durations, errors = _run_timed(fn, items, slot, retry_on, track_start)
     else:
         started = time.perf_counter()
-        values, errors = _run_untimed(fn, items, slot, retry_on)
+        if bulk:
+            slot[SLOT_POS] = 0  # an item of this batch is running; the slot cannot say which
+            values, errors = _run_bulk(fn, items, retry_on)
+        else:
+            values, errors = _run_untimed(fn, items, slot, retry_on)
         mean = (time.perf_counter() - started) / max(len(items), 1)
         durations = Uniform(mean, len(items))
     slot[SLOT_POS] = IDLE
@@ -202,6 +211,24 @@ def _run_untimed(fn, items, slot, retry_on):
             errors = errors or []
             errors.append(_failure(pos, exc, retry_on))
     return values, errors
+
+
+def _run_bulk(fn, items, retry_on):
+    """``list(map(fn, items))``, with an item that raises recorded and skipped: it runs at
+    the speed of ``map`` (~65 ns an item less than a loop with a ``try`` per item, a third
+    of the cost of a tiny item). ``extend`` keeps what it appended before the exception, so
+    the failed item's position is the length so far, and ``rest`` resumes after it."""
+    values: list[Any] = []
+    errors = None
+    rest = iter(items)
+    while True:
+        try:
+            values.extend(map(fn, rest))
+            return values, errors
+        except BaseException as exc:  # the item failed, not the worker
+            errors = errors or []
+            errors.append(_failure(len(values), exc, retry_on))
+            values.append(None)
 
 
 def encode_result(
@@ -282,6 +309,7 @@ class BatchPipeline:
         loads: Callable[[bytes], Any] = loads,
         runner: Callable[[list[Any]], Any] | None = None,
         extra: tuple = (),
+        bulk: bool = False,
     ) -> tuple[bytes, int, int]:
         """(message, private bytes before, private bytes after, the message included).
 
@@ -299,7 +327,7 @@ class BatchPipeline:
         del payload
         began = time.perf_counter()
         if runner is None:
-            outcome = run_batch(fn, items, batch_id, slot, retry_on, track_start, self.timed)
+            outcome = run_batch(fn, items, batch_id, slot, retry_on, track_start, self.timed, bulk)
         else:
             outcome = runner(items)
             if isinstance(outcome, bytes):
@@ -390,10 +418,10 @@ class WorkerLoop:
         pin_native_threads(self.blas_threads)
         self.slot[SLOT_POS] = IDLE
 
-    def run(self, batch_id: int, fn_id: int, payload: bytes) -> None:
+    def run(self, batch_id: int, fn_id: int, payload: bytes, bulk: bool) -> None:
         fn, retry_on, track_start = self.functions[fn_id]
         message, rss_start, rss_peak = self.pipeline.run(
-            batch_id, payload, fn, retry_on, self.slot, track_start, loads=self.loads
+            batch_id, payload, fn, retry_on, self.slot, track_start, loads=self.loads, bulk=bulk
         )
         del payload
         peak = self.pipeline.memory.peak

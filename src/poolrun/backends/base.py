@@ -89,6 +89,9 @@ class Backend:
     name: str
     start_method: str  # how workers start: "fork template", "forkserver", "dask", ...
     start_reason: str  # why that way, for the report
+    # can its workers run a batch in bulk (``submit(bulk=True)``): fast, but a crash then
+    # tells only the batch, not the item (see ``worker.run_batch``)
+    runs_in_bulk = False
 
     def start(self) -> None: ...
 
@@ -104,7 +107,9 @@ class Backend:
         """The call that registered it has ended: forget the function."""
         ...
 
-    def submit(self, worker: int, batch: int, fn_id: int, payload: bytes) -> None: ...
+    def submit(
+        self, worker: int, batch: int, fn_id: int, payload: bytes, bulk: bool = False
+    ) -> None: ...
 
     def inherited_items(self, worker: int, items: object) -> int | None:
         """The token under which ``worker`` holds ``items`` already (a one-shot call's input,

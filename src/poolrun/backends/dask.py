@@ -326,7 +326,9 @@ class DaskBackend(Backend):
         self.functions[fn_id] = (_key(payload), payload)
         return fn_id
 
-    def submit(self, worker_id: int, batch: int, fn_id: int, payload: bytes) -> None:
+    def submit(
+        self, worker_id: int, batch: int, fn_id: int, payload: bytes, bulk: bool = False
+    ) -> None:
         address = self.address.get(worker_id)
         if address is None:  # its Dask worker has not joined yet: sent when it does
             self.queued.setdefault(worker_id, []).append((batch, fn_id, payload))

@@ -179,6 +179,7 @@ class LocalBackend(Backend):
     """A set of worker processes, addressed by pid."""
 
     name = "local"
+    runs_in_bulk = True
 
     def __init__(
         self,
@@ -386,12 +387,14 @@ class LocalBackend(Backend):
             self.payloads[key] = spec.payload(INHERITED_TOKEN if inherited else None)
         return self.payloads[key]
 
-    def submit(self, worker_id: int, batch: int, fn_id: int, payload: bytes) -> None:
+    def submit(
+        self, worker_id: int, batch: int, fn_id: int, payload: bytes, bulk: bool = False
+    ) -> None:
         w = self.workers[worker_id]
         if fn_id not in w.fn_ids:
             w.channel.send(worker.dumps(("fn", fn_id, self._function_payload(fn_id, w))))
             w.fn_ids.add(fn_id)
-        w.channel.send(worker.dumps(("batch", batch, fn_id, payload)))
+        w.channel.send(worker.dumps(("batch", batch, fn_id, payload, bulk)))
 
     def inherited_items(self, worker_id: int, items: object) -> int | None:
         w = self.workers.get(worker_id)

@@ -346,8 +346,12 @@ class LocalBackend(Backend):
                     w.channel.send(worker.dumps(("stop",)))
             except OSError:
                 pass
+        sentinels = [p.sentinel for p in processes]
+        if self.template is not None:
+            self.template.hang_up()
+            sentinels.append(self.template.pidfd)
         if wait:
-            _wait_all([p.sentinel for p in processes], timeout=5)
+            _wait_all(sentinels, timeout=5)
         for process in processes:
             if process.is_alive():
                 process.kill()

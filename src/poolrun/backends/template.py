@@ -182,11 +182,16 @@ class Template:
             os.close(fd)
         return message
 
-    def close(self) -> None:
-        """Tell the template to exit and reap it (SIGKILL if it does not go in 5 s)."""
+    def hang_up(self) -> None:
+        """Tell the template to exit (it leaves on the socket's end): done as the workers
+        are told to stop, so that all of them exit at once rather than one after another."""
         self.alive = False
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def close(self) -> None:
+        """Tell the template to exit and reap it (SIGKILL if it does not go in 5 s)."""
+        self.hang_up()
         if not ready(self.pidfd, 5):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)

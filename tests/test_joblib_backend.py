@@ -107,3 +107,29 @@ def test_worker_crash_is_a_clear_error_for_that_task():
 def test_bad_backend_options_fail_in_parallel_config():
     with pytest.raises(TypeError, match="unknown option"):
         joblib.parallel_config(backend="poolrun", colour="red")
+
+
+def test_batches_are_sized_from_the_workers_own_timing(monkeypatch):
+    """joblib's auto-batching doubles a batch a step (1, 1, 1, 1, 2, 2, ...); poolrun's
+    workers time each batch, so the second wave of batches is already near the target."""
+    sizes = []
+    submit = poolrun.joblib.PoolrunBackend.submit
+
+    def recording(self, func, callback=None):
+        sizes.append(len(func))
+        return submit(self, func, callback)
+
+    monkeypatch.setattr(poolrun.joblib.PoolrunBackend, "submit", recording)
+    with joblib.parallel_config(backend="poolrun", n_jobs=2):
+        squares = joblib.Parallel()(joblib.delayed(square)(i) for i in range(20_000))
+    assert squares == [i * i for i in range(20_000)]
+    assert sizes[:4] == [1, 1, 1, 1]  # before anything came back: joblib's own start
+    assert max(sizes[4:8]) >= 100  # joblib's own rule would still be at 2
+
+
+def test_batch_size_is_the_target_over_the_measured_time_per_task():
+    backend = poolrun.joblib.PoolrunBackend(target_batch_seconds=0.05)
+    backend._task_seconds = 20e-6
+    assert backend.compute_batch_size() == 2500
+    backend._task_seconds = 1.0  # tasks longer than the target go one a batch
+    assert backend.compute_batch_size() == 1

@@ -6,15 +6,19 @@
 ...     scores = cross_val_score(model, X, y, cv=5)        # doctest: +SKIP
 
 Parameters given to ``parallel_config`` besides joblib's own (``timeout``, ``max_rss``,
-``retries``, ...) are poolrun options. joblib keeps its own batching: its auto-batching
-(``AutoBatchingMixin``) groups tasks into batches of about 0.2 s, and each joblib batch is
-one :class:`~poolrun.Executor` submission, which poolrun's batcher groups again when they are
-small. While joblib batches are measured short (under 20 ms), the next one waits in a busy
-worker's queue, hiding the round trip; longer ones go to whichever worker frees first, as
-loky's shared queue gives them. Workers limit their BLAS/OpenMP threads as loky's do
-(``cpu_count() // n_jobs``, or ``inner_max_num_threads``). A task whose worker crashes,
-times out or passes ``max_rss`` fails with :class:`~poolrun.TaskFailed` saying why; joblib
-raises it from ``Parallel``.
+``retries``, ...) are poolrun options. Each joblib batch (``BatchedCalls``) is one
+:class:`~poolrun.Executor` submission, which poolrun's batcher groups again when they are
+small. poolrun sizes joblib's batches: its workers time each batch themselves, so after the
+first one the size goes straight to ``target_batch_seconds`` of work (50 ms by default).
+joblib's own auto-batching times a batch from dispatch to completion, round trip included,
+and can only double the size a step, so a call of small tasks spent most of its start in
+batches of 1, 2, 4... tasks, a round trip each. While joblib batches are measured short
+(under 20 ms), the next one waits in a busy worker's queue, hiding the round trip; longer
+ones go to whichever worker frees first, as loky's shared queue gives them.
+
+Workers limit their BLAS/OpenMP threads as loky's do (``cpu_count() // n_jobs``, or
+``inner_max_num_threads``). A task whose worker crashes, times out or passes ``max_rss``
+fails with :class:`~poolrun.TaskFailed` saying why; joblib raises it from ``Parallel``.
 
 As loky does, the backend keeps its workers between ``Parallel`` calls (one set per
 ``n_jobs`` and options), so a program's second call does not pay for starting them again:
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import cloudpickle
@@ -80,10 +85,13 @@ def _executor(n_jobs: int, options: dict[str, Any]) -> Executor:
         return executor
 
 
-def run_pickled(payload: bytes) -> Any:
+def run_pickled(payload: bytes) -> tuple[Any, float]:
     """In a worker: a joblib batch, cloudpickled as loky does (lambdas and functions of
-    ``__main__`` work)."""
-    return cloudpickle.loads(payload)()
+    ``__main__`` work); returns its results and the seconds per task it took."""
+    batch = cloudpickle.loads(payload)
+    started = time.perf_counter()
+    results = batch()
+    return results, (time.perf_counter() - started) / max(len(batch), 1)
 
 
 def _limit_threads(
@@ -114,9 +122,11 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
         for fixed in ("workers", "ordered"):
             if fixed in options:
                 raise TypeError(f"{fixed}= is joblib's to set here (n_jobs=), not an option")
-        make_options(**options)  # a bad option fails in parallel_config, not in Parallel
+        opts = make_options(**options)  # a bad option fails in parallel_config, not Parallel
         self.options = options
         self._executor: Executor | None = None
+        self._batch_seconds = opts.target_batch_seconds
+        self._task_seconds: float | None = None  # measured in the workers, smoothed
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
@@ -156,11 +166,24 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
         return future
 
     def retrieve_result_callback(self, future: Future) -> Any:
-        return future.result()
+        results, per_task = future.result()
+        seen = self._task_seconds
+        self._task_seconds = per_task if seen is None else 0.7 * seen + 0.3 * per_task
+        return results
+
+    def compute_batch_size(self) -> int:
+        """Tasks per joblib batch: ``target_batch_seconds`` of them by the time per task the
+        workers measured; joblib's own rule until a first batch has come back."""
+        per_task = self._task_seconds
+        if per_task is None:
+            return super().compute_batch_size()
+        self._effective_batch_size = max(1, int(self._batch_seconds / max(per_task, 1e-9)))
+        return self._effective_batch_size
 
     def terminate(self) -> None:
         self._executor = None  # its workers are kept for the next call
         self.reset_batch_stats()
+        self._task_seconds = None
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """A task failed: drop what is pending, stop what runs (as loky kills its workers);

@@ -9,18 +9,15 @@ How it works: the executor owns a :class:`~poolrun.Pool` and runs one long call 
 input is a :class:`~poolrun.feed.Feed` of submissions. ``submit`` puts ``(future, call)``
 into the feed and returns; the supervisor cuts batches from whatever is pending whenever a
 worker is free, so a burst of small submissions travels in a few batches, not one round
-trip each. A thread of the executor consumes the call's results, which drives the pool, and
-hands them to a second thread that resolves the futures and runs their callbacks: a
-callback that takes long (joblib's builds and submits its next batch from one) then never
-holds up the workers' next batches. A future cancelled before a batch takes it is skipped:
-it never runs.
+trip each. A thread of the executor consumes the call's results and resolves the futures
+(and runs their callbacks, as ``ProcessPoolExecutor``'s thread does). A future cancelled
+before a batch takes it is skipped: it never runs.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import queue
 import threading
 import time
 import weakref
@@ -157,39 +154,17 @@ def _close_live() -> None:
 threading._register_atexit(_close_live)  # what ProcessPoolExecutor does too
 
 
-class _Resolver:
-    """The thread that resolves futures (and so runs their callbacks), in the order their
-    segments came back."""
-
-    def __init__(self, feed: _Submissions) -> None:
-        self.feed = feed
-        self.segments: queue.SimpleQueue[Segment | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="poolrun-executor-callbacks")
-
-    def _run(self) -> None:
-        while (segment := self.segments.get()) is not None:
-            self.feed.resolve(segment)
-
-    def finish(self) -> None:
-        """Resolve what came back so far, then end."""
-        self.segments.put(None)
-        self.thread.join()
-
-
-def _drive(call: Any, feed: _Submissions, pool: Pool, resolver: _Resolver) -> None:
-    """The executor's thread: drive the pool, pass results on as they come back, then close
-    the pool."""
+def _drive(call: Any, feed: _Submissions, pool: Pool) -> None:
+    """The executor's thread: resolve futures as batches come back, then close the pool."""
     from .api import _segments
 
     try:
         for segment in _segments(call):
-            resolver.segments.put(segment)
+            feed.resolve(segment)
     except BaseException as exc:
-        resolver.finish()
         feed.fail_all(exc)
         pool.terminate()
     else:
-        resolver.finish()
         pool.close()
 
 
@@ -220,12 +195,9 @@ class Executor(concurrent.futures.Executor):
             raise
         self._window = 512 * opts.workers  # map()'s default buffersize
         _LIVE.add(self._feed)
-        self._resolver = _Resolver(self._feed)
         self._thread = threading.Thread(
-            target=_drive, args=(call, self._feed, self._pool, self._resolver),
-            name="poolrun-executor",
-        )  # fmt: skip
-        self._resolver.thread.start()
+            target=_drive, args=(call, self._feed, self._pool), name="poolrun-executor"
+        )
         self._thread.start()
         weakref.finalize(self, self._feed.close).atexit = False  # dropped: finish, then end
 
@@ -308,5 +280,5 @@ class Executor(concurrent.futures.Executor):
         if cancel_futures:
             self._feed.cancel_pending()
         self._feed.close()
-        if wait and threading.current_thread() not in (self._thread, self._resolver.thread):
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join()

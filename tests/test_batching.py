@@ -167,7 +167,7 @@ def test_tiny_items_are_never_at_the_tail():
 
 @given(st.lists(st.integers(), max_size=30), st.integers(0, 30), st.integers(0, 30))
 def test_a_source_slice_reads_as_the_copy_it_replaces(source, start, stop):
-    from poolrun.calls import SourceSlice
+    from poolrun.batches import SourceSlice
 
     start, stop = sorted((min(start, len(source)), min(stop, len(source))))
     view, copy = SourceSlice(source, start, stop), source[start:stop]

@@ -66,7 +66,8 @@ from .backends.base import (
     SetupFailed,
     WorkerDied,
 )
-from .calls import Batch, Call
+from .batches import Batch
+from .calls import Call
 from .faults import EXTERNAL_CAUSES, FaultPolicy
 from .feed import Feed
 from .options import Options

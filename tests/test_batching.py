@@ -183,3 +183,14 @@ def test_fresh_batches_of_a_list_input_are_not_copied():
     call = _call_over(50, source)
     batch = call.next_batch(iter(range(1, 9)), 0.0)
     assert batch.items.source is source and list(batch.items) == source[: len(batch.items)]
+
+
+def test_a_batch_sent_pickled_keeps_the_items_it_carried():
+    """Sent to a worker that did not inherit the input, a batch is copied as it is pickled:
+    a piece of it run again after a fault gets those items, even if the list changed."""
+    source = list(range(50))
+    call = _call_over(50, source)
+    batch = call.next_batch(iter(range(1, 9)), 0.0)
+    call.encode(batch, token=None)
+    source[0] = "changed"
+    assert call.piece(batch, iter([99]), 0, 1).items == [0]

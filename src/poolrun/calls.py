@@ -238,9 +238,12 @@ class Call:
         numbers for a piece of one sent again or for retries."""
         if token is not None:
             return batch, worker.dumps(worker.InheritedItems(token, positions(batch)))
-        items = batch.items[:] if type(batch.items) is SourceSlice else batch.items
+        if type(batch.items) is SourceSlice:
+            # copied now, as it is sent: a piece run again after a fault must get the items
+            # this batch carried, even if the caller has changed its list since
+            batch.items = batch.items[:]
         try:
-            return batch, worker.dumps(items)
+            return batch, worker.dumps(batch.items)
         except Exception:
             pass
         keep_refs, keep_items = [], []

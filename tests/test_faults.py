@@ -200,6 +200,9 @@ def _start_script_with_workers(stderr: int) -> tuple[subprocess.Popen, list[psut
         stdout=subprocess.PIPE,
         stderr=stderr,
         start_new_session=True,
+        # Ctrl-C as a terminal delivers it, even where this suite runs as a background job
+        # of a non-interactive shell, which starts its commands with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     parent = psutil.Process(proc.pid)
     assert proc.stdout.readline().strip() == b"started"

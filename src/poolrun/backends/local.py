@@ -94,6 +94,8 @@ class _Worker:
 
     def close(self) -> None:
         self.channel.close()
+        if self.memory is not None:
+            self.memory.close()
 
 
 def main_reference() -> dict[str, str]:

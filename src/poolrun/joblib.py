@@ -9,7 +9,7 @@ Parameters given to ``parallel_config`` besides joblib's own (``timeout``, ``max
 ``retries``, ...) are poolrun options. Each joblib batch (``BatchedCalls``) is one
 :class:`~poolrun.Executor` submission, which poolrun's batcher groups again when they are
 small. poolrun sizes joblib's batches: its workers time each batch themselves, so after the
-first one the size goes straight to ``target_batch_seconds`` of work (50 ms by default).
+first one the size goes straight to ``target_batch_seconds`` of work (100 ms by default).
 joblib's own auto-batching times a batch from dispatch to completion, round trip included,
 and can only double the size a step, so a call of small tasks spent most of its start in
 batches of 1, 2, 4... tasks, a round trip each. While joblib batches are measured short

@@ -9,7 +9,9 @@ Parameters given to ``parallel_config`` besides joblib's own (``timeout``, ``max
 ``retries``, ...) are poolrun options. Each joblib batch (``BatchedCalls``) is one
 :class:`~poolrun.Executor` submission, which poolrun's batcher groups again when they are
 small. poolrun sizes joblib's batches: its workers time each batch themselves, so after the
-first one the size goes straight to ``target_batch_seconds`` of work (100 ms by default).
+first one the size goes straight to ``target_batch_seconds`` of work (50 ms unless given:
+joblib hands tasks over one batch at a time, so unlike ``map`` poolrun cannot cut the last
+batches small, and a shorter batch is a shorter wait at the end).
 joblib's own auto-batching times a batch from dispatch to completion, round trip included,
 and can only double the size a step, so a call of small tasks spent most of its start in
 batches of 1, 2, 4... tasks, a round trip each. While joblib batches are measured short
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 NAME = "poolrun"
+JOBLIB_BATCH_SECONDS = 0.05  # a joblib batch's work, unless target_batch_seconds= says
 
 
 def register(name: str = NAME) -> None:
@@ -125,7 +128,8 @@ class PoolrunBackend(AutoBatchingMixin, ParallelBackendBase):
         opts = make_options(**options)  # a bad option fails in parallel_config, not Parallel
         self.options = options
         self._executor: Executor | None = None
-        self._batch_seconds = opts.target_batch_seconds
+        given = "target_batch_seconds" in options
+        self._batch_seconds = opts.target_batch_seconds if given else JOBLIB_BATCH_SECONDS
         self._task_seconds: float | None = None  # measured in the workers, smoothed
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:

@@ -101,6 +101,44 @@ def test_fair_share_near_the_end():
     assert sizer.next_size(remaining=0) == 1
 
 
+def _sized_at_1000(per_item_times: list[float]) -> BatchSizer:
+    """A sizer at 1,000 items a batch that has seen batches with these times per item."""
+    sizer = BatchSizer(workers=2, target_seconds=1.0)
+    for per_item in per_item_times:
+        sizer.observe(1000, busy_seconds=1000 * per_item)
+    sizer.size = 1000
+    return sizer
+
+
+def test_fair_share_counts_the_items_in_flight_when_items_look_alike():
+    """An idle worker at the tail, while the other holds 600 items: its part of the 1,000
+    items left is (400 + 600) / 2 = 500, and it takes half of that now, where counting only
+    the 400 undispatched gave a quarter of them (100), and so 4x the round trips."""
+    sizer = _sized_at_1000([1e-3, 1.1e-3, 0.9e-3, 1e-3, 1.05e-3, 0.95e-3])
+    assert sizer.items_look_alike
+    assert sizer.next_size(remaining=400) == 100  # nothing known of what is in flight
+    assert sizer.next_size(remaining=400, in_flight=lambda: (0, 600)) == 250
+    # a worker that already holds its part gets the floor (a hundredth of the size)
+    assert sizer.next_size(remaining=400, in_flight=lambda: (600, 600)) == 10
+    # only asked when the balance rule cuts: mid-run, the time-based size stands
+    assert sizer.next_size(remaining=100_000, in_flight=lambda: 1 / 0) == 1000
+
+
+def test_fair_share_ignores_the_items_in_flight_when_items_differ():
+    """Items 100x dearer here and there: counting items in flight as equal would hand an
+    idle worker big batches that may hold them, so the quarter rule stays."""
+    sizer = _sized_at_1000([1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 9e-3, 1e-3])
+    assert not sizer.items_look_alike
+    assert sizer.next_size(remaining=400, in_flight=lambda: (0, 600)) == 100
+
+
+def test_the_first_batches_of_each_worker_do_not_count_as_spread():
+    """A fresh worker's first items pay one-time costs: slow first batches, one per worker
+    and then some, do not make alike items look different."""
+    sizer = _sized_at_1000([9e-3, 8e-3, 7e-3, 6e-3, 1e-3, 1.2e-3])
+    assert sizer.items_look_alike
+
+
 def test_fixed_size_is_fixed():
     sizer = BatchSizer(workers=2, fixed=64)
     sizer.observe(64, busy_seconds=100.0, rss_start=1, rss_peak=2)

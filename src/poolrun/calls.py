@@ -16,7 +16,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from . import worker
 from .batches import Batch, SourceSlice, group, positions
@@ -146,14 +146,21 @@ class Call:
 
     # -- batches out -------------------------------------------------------------------
 
-    def next_batch(self, new_id: Iterator[int], now: float) -> Batch | None:
+    def next_batch(
+        self,
+        new_id: Iterator[int],
+        now: float,
+        in_flight: Callable[[], tuple[int, int]] | None = None,
+    ) -> Batch | None:
+        """The next batch to send; ``in_flight`` is what the sizer's balance rule asks (see
+        ``BatchSizer.next_size``) for the worker it goes to."""
         if self.over:
             return None
         if self.bucket is None:
-            return self._take_batch(new_id, now, None)
+            return self._take_batch(new_id, now, None, in_flight)
         self.tokens_at = None
         allowed = self.bucket.available(now)
-        batch = self._take_batch(new_id, now, allowed) if allowed else None
+        batch = self._take_batch(new_id, now, allowed, in_flight) if allowed else None
         if batch is not None:
             self.bucket.take(len(batch.items), now)
             return batch
@@ -163,7 +170,13 @@ class Call:
             self.tokens_at = self.bucket.ready_at(need, now)
         return None
 
-    def _take_batch(self, new_id: Iterator[int], now: float, allowed: int | None) -> Batch | None:
+    def _take_batch(
+        self,
+        new_id: Iterator[int],
+        now: float,
+        allowed: int | None,
+        in_flight: Callable[[], tuple[int, int]] | None = None,
+    ) -> Batch | None:
         """The next batch: pieces to send again, due retries, then fresh items; ``allowed``
         caps its size (the rate limit's tokens; ``None``: no cap)."""
         if self.requeued:
@@ -178,12 +191,17 @@ class Call:
             self.throttled = True
             return None
         try:
-            return self._fresh_batch(new_id, allowed)
+            return self._fresh_batch(new_id, allowed, in_flight)
         except Exception as exc:  # the caller's iterable raised: the call ends with it
             self.fail(exc)
             return None
 
-    def _fresh_batch(self, new_id: Iterator[int], allowed: int | None = None) -> Batch | None:
+    def _fresh_batch(
+        self,
+        new_id: Iterator[int],
+        allowed: int | None = None,
+        in_flight: Callable[[], tuple[int, int]] | None = None,
+    ) -> Batch | None:
         if self.feed is not None:  # a feed that runs dry is not exhausted, unless closed
             remaining = self.feed.pending()
             if remaining is None:
@@ -191,7 +209,7 @@ class Call:
                 return None
         else:
             remaining = None if self.total is None else max(self.total - self.consumed, 0)
-        size = self.sizer.next_size(remaining)
+        size = self.sizer.next_size(remaining, in_flight)
         if allowed is not None:
             size = min(size, allowed)
         if self.source is not None:

@@ -48,6 +48,7 @@ sample, a retry's backoff, the next rate-limit token).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -260,7 +261,7 @@ class Supervisor:
             w = self._free_worker(limit)
             if w is None:
                 return
-            batch = self._next_batch(now, idle=not self.inflight[w])
+            batch = self._next_batch(now, w)
             if batch is None:
                 return
             self._send(w, batch)
@@ -272,22 +273,37 @@ class Supervisor:
                 best, load = w, len(ids)
         return best
 
-    def _next_batch(self, now: float, idle: bool = True) -> Batch | None:
-        """The next batch of the open calls, taken in turn so that calls share workers.
+    def _next_batch(self, now: float, w: int) -> Batch | None:
+        """The next batch of the open calls for worker ``w``, taken in turn so that calls
+        share workers.
 
-        A rate-limited call sends only to an ``idle`` worker: a batch queued behind another
+        A rate-limited call sends only to an idle worker: a batch queued behind another
         would start later than its tokens say, bunched with the next ones. So does a call
         whose items may be long (see ``Call.queues_behind_busy``)."""
+        idle = not self.inflight[w]
         n = len(self.calls)
         for i in range(n):
             call = self.calls[(self.next_call + i) % n]
             if not idle and (call.bucket is not None or not call.queues_behind_busy):
                 continue
-            batch = call.next_batch(self._ids, now)
+            in_flight = functools.partial(self._items_in_flight, call, w)
+            batch = call.next_batch(self._ids, now, in_flight)
             if batch is not None:
                 self.next_call = (self.next_call + i + 1) % n
                 return batch
         return None
+
+    def _items_in_flight(self, call: Call, w: int) -> tuple[int, int]:
+        """(items of ``call`` in flight on worker ``w``, on every worker)."""
+        own = everywhere = 0
+        for worker_id, ids in self.inflight.items():
+            for batch_id in ids:
+                batch = self.batches.get(batch_id)
+                if batch is not None and batch.call is call:
+                    everywhere += len(batch.items)
+                    if worker_id == w:
+                        own += len(batch.items)
+        return own, everywhere
 
     def _send(self, w: int, batch: Batch) -> None:
         source = batch.call.source

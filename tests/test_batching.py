@@ -132,6 +132,17 @@ def test_fair_share_ignores_the_items_in_flight_when_items_differ():
     assert sizer.next_size(remaining=400, in_flight=lambda: (0, 600)) == 100
 
 
+def test_one_dear_item_among_cheap_ones_makes_items_differ():
+    """Batch means can hide 5 items of 10 ms among 500 of 0.1 ms; the slowest item does not."""
+    sizer = _sized_at_1000([1e-4] * 6)
+    assert sizer.items_look_alike
+    sizer.saw_items(0.5e-3)  # 5x the mean: a preempted item, still alike
+    assert sizer.items_look_alike
+    sizer.saw_items(10e-3)
+    assert not sizer.items_look_alike
+    assert sizer.next_size(remaining=400, in_flight=lambda: (0, 600)) == 100
+
+
 def test_the_first_batches_of_each_worker_do_not_count_as_spread():
     """A fresh worker's first items pay one-time costs: slow first batches, one per worker
     and then some, do not make alike items look different."""

@@ -37,6 +37,7 @@ TAIL_FRACTION = 100  # the balance rule never cuts a batch below size // TAIL_FR
 # supervisor placing the results) costs more than the batch, and the tail is all round trips
 TAIL_MIN_SECONDS = 0.002
 UNIFORM_SPREAD = 2.0  # batches' times per item within this ratio: the items look alike
+ITEM_SPREAD = 10.0  # ...and no single item longer than this many times the mean
 WARMUP_BATCHES = 8  # the first batches set the size straight from the time (no growth cap)
 SOFT_RSS_FRACTION = 0.75  # batches are sized to keep a worker's peak RSS below this share
 RECYCLE_PEAK_FRACTION = 0.9  # a worker that peaked above this share is replaced
@@ -71,6 +72,7 @@ class BatchSizer:
         self.last_n = 0
         self.observed = 0  # batches seen
         self._fastest, self._slowest = math.inf, 0.0  # time per item, by batch
+        self._slowest_item = 0.0
         # Why the size is what it is, for the live view; set where each rule decides, from
         # strings made once here so that deciding costs one store and no formatting.
         self._why = {
@@ -142,8 +144,18 @@ class BatchSizer:
     @property
     def items_look_alike(self) -> bool:
         """Have batches (the first ones aside: a fresh worker's first items pay one-time
-        costs) measured times per item within :data:`UNIFORM_SPREAD` of each other?"""
-        return self._fastest <= self._slowest <= UNIFORM_SPREAD * self._fastest
+        costs) measured times per item within :data:`UNIFORM_SPREAD` of each other, and no
+        item taken more than :data:`ITEM_SPREAD` times the mean? (A batch's mean hides a few
+        dear items among hundreds of cheap ones; one item's time, a preempted one included,
+        is noisier, hence the wider bound.)"""
+        alike = self._fastest <= self._slowest <= UNIFORM_SPREAD * self._fastest
+        per_item = self.per_item_seconds
+        return alike and per_item is not None and self._slowest_item <= ITEM_SPREAD * per_item
+
+    def saw_items(self, slowest: float) -> None:
+        """The longest item of a finished batch (timed batches only)."""
+        if self.observed >= 2 * self.workers:  # past the first batches of every worker
+            self._slowest_item = max(self._slowest_item, slowest)
 
     @property
     def items_are_tiny(self) -> bool:

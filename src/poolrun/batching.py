@@ -14,12 +14,12 @@ The policy, fed after each batch with how long its items took and the worker's R
   time per item is averaged with each batch weighted by its item count;
 * **balance**: when the number of items left is known, never hand one worker more than a
   fair share of what remains, so no worker idles while another finishes a big last batch
-  (while items measure alike, the share counts the items every worker holds in flight)
   (but never less than a hundredth of the time-based size: fine enough that a few costly
   items left for last spread over the workers, as their round trips are cheap next to the
   wait they save; and for items of a few µs, never less than 2 ms of work, where a round
   trip costs more than the batch; at the tail the supervisor sends batches to idle workers
-  only, except batches of such tiny items);
+  only, except batches of such tiny items); while items measure alike, the share counts
+  the items every worker holds in flight, so an idle worker takes what it lacks at once;
 * **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
   half of the worker's remaining headroom, and halve the size when a worker's peak nears the
   limit; a worker whose memory stays high between batches is recycled.

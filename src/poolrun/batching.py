@@ -19,7 +19,7 @@ The policy, fed after each batch with how long its items took and the worker's R
   wait they save; and for items of a few µs, never less than 2 ms of work, where a round
   trip costs more than the batch; at the tail the supervisor sends batches to idle workers
   only, except batches of such tiny items); while items measure alike, the share counts
-  the items every worker holds in flight, so an idle worker takes what it lacks at once;
+  the items every worker holds in flight: an idle worker takes half of what it lacks;
 * **memory**: with ``max_rss`` set, keep the memory a batch adds (estimated per item) within
   half of the worker's remaining headroom, and halve the size when a worker's peak nears the
   limit; a worker whose memory stays high between batches is recycled.

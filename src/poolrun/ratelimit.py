@@ -7,7 +7,7 @@ come back at ``rate`` per second, and the bucket holds at most a tenth of a seco
 (at least one). A batch is never larger than the tokens available when it is sent, so in
 any one-second window at most ``rate`` items plus one bucketful start. The supervisor's
 loop does not sleep for tokens: the time the next one arrives is one more deadline it
-wakes for (see ``Supervisor._wait_seconds``).
+wakes for (see ``Deadlines.wait_seconds``).
 
 A plain object with no clock of its own (callers pass ``now``), so it is tested with
 made-up times.

@@ -1,5 +1,6 @@
 """The supervisor: keeps a backend's workers fed with the batches of every open call, routes
-results back to the call they belong to, and enforces deadlines and memory limits.
+results back to the call they belong to, and enforces deadlines and memory limits (the
+clock's side lives in :mod:`poolrun.deadlines`).
 
 Data flow (everything here runs in the caller's process)::
 
@@ -42,8 +43,8 @@ A call whose input is a list, a tuple or a range, and whose workers were forked 
 sends positions, not items.
 
 The loop never sleeps: it blocks in ``backend.wait`` until a result or a death arrives, or
-until the next deadline it owns (an item's timeout, a worker's start-up, the next memory
-sample, a retry's backoff, the next rate-limit token).
+until the next deadline (an item's timeout, a worker's start-up, the next memory sample, a
+retry's backoff, the next rate-limit token: see :mod:`poolrun.deadlines`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from .backends.base import (
 )
 from .batches import Batch
 from .calls import Call
+from .deadlines import Deadlines
 from .faults import EXTERNAL_CAUSES, FaultPolicy
 from .feed import Feed
 from .options import Options
@@ -79,8 +81,6 @@ from .trace import Trace
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
-
-RSS_SAMPLE_SECONDS = 0.05
 
 
 class Supervisor:
@@ -98,13 +98,12 @@ class Supervisor:
         self.size = len(self.inflight)
         self.batches: dict[int, Batch] = {}
         self.retiring: set[int] = set()
-        self.kill_targets: dict[int, tuple[int, int] | None] = {}
         self.awaiting_memory: dict[int, tuple[Call, int, float]] = {}
         self.fatal: BaseException | None = None  # every call fails with it (a broken pool)
         self.any_done = False  # has any batch finished since the workers started?
         self.startup_deaths = 0.0  # weighted: see _check_startup
-        self.next_rss_sample = 0.0
         self._ids = itertools.count(1)
+        self.deadlines = Deadlines(backend, self.inflight, self.batches, self.calls)
 
     # -- calls -------------------------------------------------------------------------
 
@@ -211,7 +210,7 @@ class Supervisor:
                     raise RuntimeError("poolrun supervisor stalled with no work in flight (a bug)")
                 self.changed.notify_all()
                 return  # every call ended as its batches were made (empty input, input raised)
-            timeout = 0.0 if any(released) else self._wait_seconds(time.perf_counter())
+            timeout = 0.0 if any(released) else self.deadlines.wait_seconds(time.perf_counter())
             self.lock.release()
             try:
                 events = self.backend.wait(timeout)
@@ -223,7 +222,7 @@ class Supervisor:
             # released to the consumer (which may spend milliseconds placing 50k values)
             self._dispatch()
             now = time.perf_counter()
-            self._police(now)
+            self.deadlines.police(now)
             for c in self.calls:
                 c.release()
                 c.check_budget()
@@ -375,7 +374,8 @@ class Supervisor:
         w = ev.worker
         ids = list(self.inflight.pop(w, ()))
         self.retiring.discard(w)
-        cause = FaultPolicy.confirmed_cause(ev.cause, self.kill_targets.pop(w, None), ev.running)
+        killed_running = self.deadlines.kill_targets.pop(w, None)
+        cause = FaultPolicy.confirmed_cause(ev.cause, killed_running, ev.running)
         counters = ["worker_deaths", "restarts"]
         counters += {"timeout": ["timeouts"], "memory-limit": ["memory_kills"]}.get(cause, [])
         batches = [b for b in (self.batches.pop(i, None) for i in ids) if b is not None]
@@ -410,94 +410,3 @@ class Supervisor:
                 f"{self.startup_deaths:g} workers in a row died before running any item "
                 f"({cause}); the workers' own error output above says why"
             )
-
-    # -- deadlines ---------------------------------------------------------------------
-
-    def _call_of(self, w: int, batch_id: int | None = None) -> Call | None:
-        ids = self.inflight.get(w)
-        key = batch_id if batch_id is not None else (ids[0] if ids else None)
-        batch = self.batches.get(key) if key is not None else None
-        return batch.call if batch else None
-
-    def _police(self, now: float) -> None:
-        """Enforce start-up deadlines, per-item timeouts and memory limits."""
-        sample = now >= self.next_rss_sample
-        for w, ids in self.inflight.items():
-            if w in self.kill_targets:
-                continue
-            starting = self.backend.starting(w)
-            if starting is not None:
-                self._police_start(w, starting, now)
-                continue
-            if not ids:
-                continue
-            running = self.backend.running(w)
-            call = self._call_of(w, running[0] if running else None)
-            if call is None:
-                continue
-            timeout, max_rss = call.opts.timeout, call.opts.max_rss
-            if timeout and running and now - running[2] > timeout:
-                self.kill_targets[w] = running[:2]
-                self.backend.kill(w, "timeout")
-            elif sample and max_rss:
-                rss = self.backend.rss(w)
-                if rss is not None:
-                    call.stats.rss_seen(w, rss)
-                    if rss > max_rss:
-                        self.kill_targets[w] = running[:2] if running else None
-                        self.backend.kill(w, "memory-limit")
-        if sample:
-            self.next_rss_sample = now + RSS_SAMPLE_SECONDS
-
-    def _police_start(self, w: int, starting: tuple[str, int, float], now: float) -> None:
-        """A worker still starting (initializer) or loading a call's function past its
-        ``start_timeout`` is killed, and what it was doing fails with ``SetupFailed``."""
-        phase, _, since = starting
-        calls, limit = self._start_limit(starting)
-        if limit is None or now - since <= limit:
-            return
-        self.kill_targets[w] = None
-        self.backend.kill(w, "start-timeout")
-        what = "running its initializer" if phase == "initializer" else "loading the function"
-        error = SetupFailed(
-            f"a worker was still {what} after start_timeout={limit:g}s and was killed "
-            "(a hanging initializer or import?)"
-        )
-        if phase == "initializer":
-            raise error
-        for c in calls:
-            c.fail(error)
-
-    def _start_limit(self, starting: tuple[str, int, float]) -> tuple[list[Call], float | None]:
-        """The open calls waiting on a starting worker (all of them for its initializer,
-        the function's calls while it loads one), and the shortest ``start_timeout``."""
-        phase, fn_id, _ = starting
-        calls = [c for c in self.calls if not c.over]
-        if phase == "loading":
-            calls = [c for c in calls if c.fn_id == fn_id]
-        return calls, min((c.opts.start_timeout for c in calls), default=None)
-
-    def _wait_seconds(self, now: float) -> float | None:
-        deadlines = []
-        for w, ids in self.inflight.items():
-            starting = self.backend.starting(w)
-            if starting is not None:
-                limit = self._start_limit(starting)[1]
-                if limit is not None:
-                    deadlines.append(starting[2] + limit)
-            call = self._call_of(w) if ids else None
-            if call is None:
-                continue
-            if call.opts.timeout:  # an item not started yet cannot be late before now+timeout
-                running = None if starting else self.backend.running(w)
-                deadlines.append((running[2] if running else now) + call.opts.timeout)
-            if call.opts.max_rss:
-                deadlines.append(self.next_rss_sample)
-        for call in self.calls:
-            if call.retries and not call.over:
-                deadlines.append(call.retries[0][0])
-            if call.tokens_at is not None and not call.over:
-                deadlines.append(call.tokens_at)
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - now)

@@ -31,9 +31,10 @@ _GONE = (OSError, ValueError, IndexError)  # what reading /proc raises once the 
 
 
 class _StatmRss:
-    """RSS from ``/proc/PID/statm``, kept open: one ``pread`` a reading (~3 µs), where
-    opening the file each time cost a worker ~65 µs of CPU, twice a batch. The path names
-    the pid, not ``self``, so a descriptor inherited across a fork still reads its process."""
+    """RSS from ``/proc/PID/statm``, kept open and read with one ``pread``, rather than
+    opened, read and closed twice a batch: a worker's average reading (USS calibrations
+    included) went from 65-100 µs to 42-45 µs. The path names the pid, not ``self``, so a
+    descriptor inherited across a fork still reads its own process."""
 
     def __init__(self) -> None:
         self.fd = -1

@@ -226,10 +226,11 @@ class Columns:
     segment is a row of three numbers (where it starts, its worker, its batch) plus the
     entries of two sparse dicts (errors, and items that ran more than once), and its values
     and durations go into *parts*: a segment of :data:`KEPT_WHOLE` items or more is a part
-    as it came from its worker, smaller ones are copied into a part of their own kind. Big
-    segments are not copied because copying is most of what collecting costs: 200k tiny
-    items went through three 1.6 MB copies (values, durations, then :attr:`Run.values`), each
-    paying fresh page faults, for ~5 ms of the supervisor's CPU against the workers' ~40.
+    as it came from its worker, smaller ones are copied together into a part of their own.
+    Big segments are not copied because copying was most of what collecting cost: 200k tiny
+    items went through three 1.6 MB copies (values, durations, then :attr:`Run.values`), in
+    fresh memory, page faults and all: 6.7 ms of the supervisor's CPU a call to collect them
+    (0.08 ms kept whole) and 1.5 ms to copy them out.
     Segments released out of order (``ordered=False``) wait until the ones before them
     arrive.
     """

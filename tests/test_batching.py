@@ -136,9 +136,9 @@ def test_one_dear_item_among_cheap_ones_makes_items_differ():
     """Batch means can hide 5 items of 10 ms among 500 of 0.1 ms; the slowest item does not."""
     sizer = _sized_at_1000([1e-4] * 6)
     assert sizer.items_look_alike
-    sizer.saw_items(0.5e-3)  # 5x the mean: a preempted item, still alike
+    sizer.observe(1000, busy_seconds=0.1, slowest_item=0.5e-3)  # 5x the mean: preempted?
     assert sizer.items_look_alike
-    sizer.saw_items(10e-3)
+    sizer.observe(1000, busy_seconds=0.1, slowest_item=10e-3)
     assert not sizer.items_look_alike
     assert sizer.next_size(remaining=400, in_flight=lambda: (0, 600)) == 100
 

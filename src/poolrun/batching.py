@@ -123,11 +123,19 @@ class BatchSizer:
         lacks = (remaining + everywhere) / self.workers - own
         return math.ceil(lacks / 2)
 
-    def observe(self, n: int, busy_seconds: float, rss_start: int = 0, rss_peak: int = 0) -> None:
-        """Learn from a finished batch of ``n`` items that ran ``busy_seconds`` in the worker."""
+    def observe(
+        self,
+        n: int,
+        busy_seconds: float,
+        rss_start: int = 0,
+        rss_peak: int = 0,
+        slowest_item: float = 0.0,
+    ) -> None:
+        """Learn from a finished batch of ``n`` items that ran ``busy_seconds`` in the worker
+        (``slowest_item``: its longest item, when its items were timed one by one)."""
         if n <= 0:
             return
-        warming = self._learn_time(n, max(busy_seconds, 0.0) / n)
+        warming = self._learn_time(n, max(busy_seconds, 0.0) / n, slowest_item)
         if self.fixed is not None:  # the time per item is still known (the dispatcher uses it)
             return
         wanted = self._first_size() if warming else self._time_size(n)
@@ -153,11 +161,6 @@ class BatchSizer:
         per_item = self.per_item_seconds
         return alike and per_item is not None and self._slowest_item <= ITEM_SPREAD * per_item
 
-    def saw_items(self, slowest: float) -> None:
-        """The longest item of a finished batch (timed batches only)."""
-        if self.observed >= 2 * self.workers:  # past the first batches of every worker
-            self._slowest_item = max(self._slowest_item, slowest)
-
     @property
     def items_are_tiny(self) -> bool:
         """Are items measured so short that a worker times them in bulk, not one by one?"""
@@ -170,12 +173,13 @@ class BatchSizer:
             return 0
         return int(seconds / self.per_item_seconds)
 
-    def _learn_time(self, n: int, per_item: float) -> bool:
+    def _learn_time(self, n: int, per_item: float, slowest_item: float) -> bool:
         """Update the time per item; True while still warming up."""
         self.observed += 1
         if self.observed > 2 * self.workers:  # past the first batches of every worker
             self._fastest = min(self._fastest, per_item)
             self._slowest = max(self._slowest, per_item)
+            self._slowest_item = max(self._slowest_item, slowest_item)
         warming = self.observed <= WARMUP_BATCHES
         if self.per_item_seconds is None or (warming and per_item < self.per_item_seconds):
             # a fresh worker's first items pay one-time costs (imports, caches, page

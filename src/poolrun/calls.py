@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -286,8 +285,6 @@ class Call:
     def on_done(self, ev: BatchDone, batch: Batch, label: str) -> None:
         busy = ev.ended - ev.started
         self.stats.batch_done(ev.worker, ev.durations, busy)
-        if ev.durations.__class__ is array and ev.durations:  # timed item by item
-            self.sizer.saw_items(max(ev.durations))
         failed = len(ev.errors) if ev.errors else 0
         self.stats.worker_names[ev.worker] = label
         self.trace.batch(ev.worker, label, ev.batch, ev.started, ev.ended, ev.durations, failed)

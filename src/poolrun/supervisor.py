@@ -53,6 +53,7 @@ import functools
 import itertools
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -98,7 +99,8 @@ class Supervisor:
         self.size = len(self.inflight)
         self.batches: dict[int, Batch] = {}
         self.retiring: set[int] = set()
-        self.awaiting_memory: dict[int, tuple[Call, int, float]] = {}
+        # batch -> (its call, items, busy seconds, longest item) until its memory report
+        self.awaiting_memory: dict[int, tuple[Call, int, float, float]] = {}
         self.fatal: BaseException | None = None  # every call fails with it (a broken pool)
         self.any_done = False  # has any batch finished since the workers started?
         self.startup_deaths = 0.0  # weighted: see _check_startup
@@ -335,8 +337,11 @@ class Supervisor:
             if batch is not None:
                 label = self.backend.describe_worker(event.worker)
                 batch.call.on_done(event, batch, label)
-                self.awaiting_memory[event.batch] = (batch.call, len(event.durations),
-                                                     event.ended - event.started)  # fmt: skip
+                durations = event.durations
+                timed = durations.__class__ is array and len(durations) > 0  # item by item
+                slowest = max(durations) if timed else 0.0
+                busy = event.ended - event.started
+                self.awaiting_memory[event.batch] = (batch.call, len(durations), busy, slowest)
         elif isinstance(event, BatchMemory):
             self._on_memory(event)
         elif isinstance(event, WorkerDied):
@@ -361,12 +366,12 @@ class Supervisor:
         return batch
 
     def _on_memory(self, ev: BatchMemory) -> None:
-        call, n, busy = self.awaiting_memory.pop(ev.batch, (None, 0, 0.0))
+        call, n, busy, slowest = self.awaiting_memory.pop(ev.batch, (None, 0, 0.0, 0.0))
         if call is None or call.over:
             return
         call.stats.rss_seen(ev.worker, max(ev.rss_peak, ev.max_rss))
         call.trace.memory(ev.worker, ev.batch, ev.rss_peak)
-        call.sizer.observe(n, busy, ev.rss_start, ev.rss_peak)
+        call.sizer.observe(n, busy, ev.rss_start, ev.rss_peak, slowest)
         if call.sizer.must_recycle(ev.rss_start, ev.rss_peak) and ev.worker in self.inflight:
             self.retiring.add(ev.worker)
 

@@ -21,6 +21,7 @@ importing psutil there cost each fresh worker ~15 ms before its first item. Else
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -78,9 +79,18 @@ def _psutil_readers(pid: int):  # type: ignore[no-untyped-def]
 
 class PrivateMemory:
     """A process's private memory in bytes (this process's, or ``pid``'s), and the highest
-    value seen (``peak``)."""
+    value seen (``peak``).
 
-    def __init__(self, pid: int | None = None) -> None:
+    ``just_forked``: this process was forked a moment ago from one it shares its memory
+    with, so it holds next to nothing of its own yet, and the first full reading waits
+    :data:`RECALIBRATE_SECONDS` (until then private memory is what RSS grew by since
+    now). Read at once, it walked the page tables of everything inherited before the
+    worker's first item (1 ms under a 60 MB caller, 5 ms under a 200 MB one) to learn
+    about nothing. Pages the process copies on write are counted from that first full
+    reading, or at once after :meth:`read_in_full_next`.
+    """
+
+    def __init__(self, pid: int | None = None, just_forked: bool = False) -> None:
         self.pid = pid or os.getpid()
         if os.path.exists("/proc/self/smaps_rollup"):
             self._rss, self._uss_rss, self._gone = _StatmRss(), _proc_uss_rss, _GONE
@@ -89,6 +99,14 @@ class PrivateMemory:
         self.peak = 0
         self._uss = 0
         self._rss_then = 0
+        self._due = 0.0
+        if just_forked:
+            with contextlib.suppress(*self._gone):
+                self._rss_then = self._rss(self.pid)
+                self._due = time.monotonic() + RECALIBRATE_SECONDS
+
+    def read_in_full_next(self) -> None:
+        """Make the next reading a full one (a run with ``max_rss`` wants it exact)."""
         self._due = 0.0
 
     def close(self) -> None:

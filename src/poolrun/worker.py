@@ -292,11 +292,11 @@ class BatchPipeline:
     """What happens to a batch inside any worker, local or Dask: unpickle the items, run
     them, choose timed or untimed for the next batch, pickle the result, read the memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, just_forked: bool = False) -> None:
         from .memory import PrivateMemory  # not at import: the supervisor never needs psutil
 
         self.timed = True
-        self.memory = PrivateMemory()
+        self.memory = PrivateMemory(just_forked=just_forked)
 
     def run(
         self,
@@ -358,14 +358,19 @@ class WorkerLoop:
     """State of one worker process: its pipe, its slot and the functions it has been sent."""
 
     def __init__(
-        self, conn: Any, slot: Any, blas_threads: int | None, main_ref: dict[str, str] | None = None
+        self,
+        conn: Any,
+        slot: Any,
+        blas_threads: int | None,
+        main_ref: dict[str, str] | None = None,
+        forked: bool = False,  # from the fork template: it shares the caller's memory
     ) -> None:
         self.conn = conn
         self.main_ref = main_ref
         self.slot = memoryview(slot).cast("B").cast("d")
         self.blas_threads = blas_threads
         self.functions: dict[int, tuple[Any, ...]] = {}
-        self.pipeline = BatchPipeline()
+        self.pipeline = BatchPipeline(just_forked=forked)
         global _serving_slot
         _serving_slot = self.slot
 
@@ -415,6 +420,8 @@ class WorkerLoop:
             self.functions.pop(next(iter(self.functions)))
         self.functions[fn_id] = (fn, retry_on, timeout is not None)
         tune_malloc(memory_limited=max_rss is not None)
+        if max_rss is not None:
+            self.pipeline.memory.read_in_full_next()
         pin_native_threads(self.blas_threads)
         self.slot[SLOT_POS] = IDLE
 
@@ -435,10 +442,11 @@ def main(
     blas_threads: int | None,
     initializer: bytes | tuple[Callable[..., Any], tuple[Any, ...]] | None,
     main_ref: dict[str, str] | None = None,
+    forked: bool = False,
 ) -> None:
     """Entry point of a worker process: the ``target`` of its ``multiprocessing.Process``,
-    or called in the child after the fork template forked it (``initializer`` then comes
-    as the (function, args) pair itself, inherited, not pickled)."""
+    or called in the child after the fork template forked it (``forked``; ``initializer``
+    then comes as the (function, args) pair itself, inherited, not pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     # ``_thread``, not ``threading``: ``Thread.start`` waits until the new thread runs, which
     # on a busy machine held a fresh worker ~2 ms before its first batch
@@ -451,7 +459,7 @@ def main(
         except BaseException as exc:
             send(conn, dumps(("init-failed", os.getpid(), *describe_exception(exc))))
             os._exit(EXIT_INIT_FAILED)
-    loop = WorkerLoop(conn, slot, blas_threads, main_ref)
+    loop = WorkerLoop(conn, slot, blas_threads, main_ref, forked)
     loop.slot[SLOT_POS] = IDLE  # started: the supervisor's start-up deadline is met
     loop.serve()
 

@@ -358,7 +358,7 @@ def _fork_worker(
         conn = Wire(socket.socket(fileno=conn_fd))
         slot = mmap.mmap(slot_fd, worker.SLOT_BYTES)
         os.close(slot_fd)
-        worker.main(conn, slot, supervisor_pid, blas_threads, initializer, main_ref)
+        worker.main(conn, slot, supervisor_pid, blas_threads, initializer, main_ref, forked=True)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -67,6 +67,7 @@ import platform
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -485,11 +486,48 @@ def text_line(cells: Sequence[str]) -> str:
     return "  ".join(parts).rstrip()
 
 
-def markdown_table(rows: list[list[str]]) -> list[str]:
+def markdown_table(rows: list[list[str]], columns: Sequence[str] = COLUMNS) -> list[str]:
     """The same rows as a Markdown table (numbers right-aligned; a ``|`` in a note escaped)."""
-    align = ["---"] + ["--:"] * (len(COLUMNS) - 2) + ["---"]
-    lines = [COLUMNS, align, *rows]
+    align = ["---"] + ["--:"] * (len(columns) - 2) + ["---"]
+    lines = [columns, align, *rows]
     return ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
+
+
+# -- the verdict: poolrun against the best peer -------------------------------------------
+
+PEERS = ("mp_pool_map", "mp_pool_imap1", "ppe_map1", "ppe_map_chunked", "joblib", "mpire")
+VERDICT_COLUMNS = (
+    "workload",
+    "best peer",
+    "first call / best peer",
+    "warm pool / best peer",
+    "runner-up peer / best peer",
+    "first call / best peer, medians",
+)
+
+
+def verdict_row(result: WorkloadResult) -> list[str] | None:
+    """poolrun's first call and warm pool against the best peer, on best runs and on
+    medians, beside how far the runner-up peer is from the best: where peers doing the same
+    work differ by more than poolrun trails, a best-of-N race is decided by noise (the best
+    of six peers' runs is the luckiest of many more runs than poolrun's own)."""
+    cells = {c.engine: c for c in result.cells if c.status == "ok" and c.seconds}
+    peers = sorted((cells[p].best, p) for p in PEERS if p in cells)
+    if "poolrun" not in cells or not peers:
+        return None
+    best, name = peers[0]
+
+    def ratio(engine: str, of: Callable[[Cell], float | None] = lambda c: c.best) -> str:
+        cell = cells.get(engine)
+        return f"{of(cell) / of(cells[name]):.2f}" if cell else "-"
+
+    runner_up = f"{peers[1][0] / best:.2f} ({peers[1][1]})" if len(peers) > 1 else "-"
+    median = ratio("poolrun", lambda c: statistics.median(c.seconds))
+    return [result.name, name, ratio("poolrun"), ratio(WARM_ENGINE), runner_up, median]
+
+
+def verdict(results: list[WorkloadResult]) -> list[list[str]]:
+    return [r for r in map(verdict_row, results) if r is not None]
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -608,6 +646,10 @@ def write_markdown(
         "pages once per process, so engines that fork (multiprocessing, concurrent.futures, "
         "mpire) also count the parent heap each worker inherits.",
     ]
+    rows = verdict(results)
+    if rows:
+        lines += ["", "**poolrun against the best peer** (below 1.00: poolrun is faster)", ""]
+        lines += markdown_table(rows, VERDICT_COLUMNS)
     for result in results:
         lines += ["", f"**{heading(result, args.workers)}**", "", *markdown_table(result.rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -697,6 +739,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_markdown(args.markdown, results, facts, args)
     if args.json:
         write_json(args.json, results, facts, args)
+    rows = verdict(results)
+    if rows:
+        print("\npoolrun against the best peer (below 1.00: poolrun is faster)")
+        for line in markdown_table(rows, VERDICT_COLUMNS):
+            print(line)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     bad = [(r.name, c) for r in results for c in r.cells if c.status in ("MISMATCH", "failed")]
     for workload, cell in bad:

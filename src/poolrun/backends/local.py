@@ -1,16 +1,16 @@
 """The local backend: long-lived worker processes on this machine, one duplex pipe each.
 
-How workers start (``start_method``): ``"auto"``, the default, forks them from a template of
-the caller (see :mod:`.template`) when that is safe, and otherwise uses the forkserver;
-``"forkserver"``, ``"spawn"`` and ``"fork"`` (straight from the supervisor) are used when asked
-for by name. Should the template die, replacements come from the forkserver.
+How workers start (``start_method``, decided in :mod:`.processes`): ``"auto"``, the default,
+forks them from a template of the caller (see :mod:`.template`) when that is safe, and
+otherwise uses the forkserver; ``"forkserver"``, ``"spawn"`` and ``"fork"`` (straight from the
+supervisor) are used when asked for by name. Should the template die, replacements come
+from the forkserver.
 
 The supervisor polls every worker's pipe and process sentinel at once (and a pipe's
 writability while a large batch is still going out, see :mod:`.channel`), so a result or a
 death wakes it immediately: there is no polling loop and no feeder thread. Each worker also
-shares a three-number slot (batch,
-position, start time of the item it is running), read here to blame the right item when a
-worker dies, and to enforce per-item timeouts.
+shares a three-number slot (batch, position, start time of the item it is running), read
+here to blame the right item when a worker dies, and to enforce per-item timeouts.
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ import contextlib
 import itertools
 import os
 import select
-import signal
-import sys
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .. import log, tuning, worker
 from ..options import available_cpus
@@ -40,14 +37,23 @@ from .base import (
     WorkerDied,
 )
 from .channel import Channel
-from .template import ForkedWorker, Template, TemplateGone, fork_safety, new_slot
+from .processes import (
+    TEMPLATE,
+    choose_start,
+    death_cause,
+    main_hidden,
+    main_reference,
+    multiprocessing_context,
+    starting_slot,
+    wait_all,
+)
+from .template import ForkedWorker, Template, TemplateGone, new_slot
 from .wire import unpack, wire_pair
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:
     from typing import Any
 
-TEMPLATE = "fork template"
 INHERITED_TOKEN = 1  # the one function a one-shot call's template holds
 ITEMS_TOKEN = 2  # and its input, when that is a list, a tuple or a range
 REQUESTS_AHEAD = 32  # spawn requests sent to the template before reading its replies
@@ -98,85 +104,6 @@ class _Worker:
             self.memory.close()
 
 
-def main_reference() -> dict[str, str]:
-    """How a worker can import the supervisor's ``__main__`` module if it ever needs it."""
-    main = sys.modules.get("__main__")
-    name = getattr(getattr(main, "__spec__", None), "name", None)
-    if name:
-        return {"init_main_from_name": name}
-    path = getattr(main, "__file__", None)
-    if path and os.path.exists(path):
-        return {"init_main_from_path": os.path.abspath(path)}
-    return {}  # code on stdin, a REPL, ``python -c``: nothing to import
-
-
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Start a worker without making it re-run the caller's main script.
-
-    spawn and forkserver children re-import the parent's ``__main__`` before anything else,
-    so every worker would pay for all the script's imports and top-level code (and die at
-    once for code piped on stdin). poolrun ships functions by value with cloudpickle, so a
-    worker needs the main module only to unpickle objects of classes defined there; it
-    imports it then, once (see ``WorkerLoop.loads``).
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
-def _starting_slot(view: memoryview) -> memoryview:
-    """A new worker's slot: starting since now (the clock of ``start_timeout``)."""
-    view[worker.SLOT_BATCH] = 0
-    view[worker.SLOT_STARTED] = time.perf_counter()
-    view[worker.SLOT_POS] = worker.STARTING
-    return view
-
-
-def choose_start(start_method: str) -> tuple[str, str]:
-    """(method, why) for a requested ``start_method``; ``"auto"`` decides here and now."""
-    if start_method != "auto":
-        return start_method, "asked for by name"
-    unsafe = fork_safety()
-    if unsafe is None:
-        return TEMPLATE, "the caller had no other threads: workers fork from a copy of it"
-    return "forkserver", f"forking the caller was unsafe: {unsafe}"
-
-
-def _wait_all(sentinels: list[int], timeout: float) -> None:
-    """Until every sentinel (a process's pidfd or ``multiprocessing`` sentinel) is ready."""
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    for fd in sentinels:
-        poller.register(fd, select.POLLIN)
-    waiting = len(sentinels)
-    while waiting:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        for fd, _ in poller.poll(int(left * 1000) + 1):
-            poller.unregister(fd)
-            waiting -= 1
-
-
-def _death_cause(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        try:
-            return f"worker-died: {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"worker-died: signal {-exitcode}"
-    return f"worker-died: exit {exitcode}"
-
-
 class LocalBackend(Backend):
     """A set of worker processes, addressed by pid."""
 
@@ -202,7 +129,7 @@ class LocalBackend(Backend):
         self.template: Template | None = None
         self.context: Any = None
         if self.start_method != TEMPLATE:
-            self.context = self._context(self.start_method)
+            self.context = multiprocessing_context(self.start_method, self.preload)
         self.blas_threads = max(1, available_cpus() // workers)
         self.workers: dict[int, _Worker] = {}
         self.retiring: list[Any] = []
@@ -212,14 +139,6 @@ class LocalBackend(Backend):
         self.closed = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         _LIVE.add(self)
-
-    def _context(self, method: str) -> Any:
-        import multiprocessing  # not on the fork template's path: it costs ~7 ms to import
-
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            context.set_forkserver_preload(["poolrun.worker", *self.preload])
-        return context
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -246,7 +165,7 @@ class LocalBackend(Backend):
                 log.debug("the fork template is gone; new workers come from the forkserver")
                 self.template.close()
                 self.template = None
-                self.context = self._context("forkserver")
+                self.context = multiprocessing_context("forkserver", self.preload)
             count -= len(started)  # those the template forked before it went are running
             last = started[-1] if started else 0
         for _ in range(count):
@@ -280,7 +199,7 @@ class LocalBackend(Backend):
     def _take_started(self, template: Template, asked: list, started: list[int]) -> None:
         pid, pidfd = template.started()
         ours, slot_map = asked.pop(0)
-        view = _starting_slot(memoryview(slot_map).cast("d"))
+        view = starting_slot(memoryview(slot_map).cast("d"))
         process = ForkedWorker(pid, template, pidfd)
         self._add(process, ours, view, inherits=True, slot_map=slot_map)
         started.append(pid)
@@ -288,7 +207,7 @@ class LocalBackend(Backend):
     def _spawn_from_context(self) -> int:
         parent_end, child_end = self.context.Pipe(duplex=True)
         slot = self.context.RawArray("d", worker.SLOT_SIZE)
-        view = _starting_slot(memoryview(slot).cast("B").cast("d"))
+        view = starting_slot(memoryview(slot).cast("B").cast("d"))
         init = None
         if self.init:
             import cloudpickle
@@ -299,7 +218,7 @@ class LocalBackend(Backend):
             args=(child_end, slot, os.getpid(), self.blas_threads, init, main_reference()),
             name="poolrun-worker",
         )
-        with _main_hidden():
+        with main_hidden():
             process.start()
         child_end.close()
         self._add(process, parent_end, view, inherits=False)
@@ -353,7 +272,7 @@ class LocalBackend(Backend):
             self.template.hang_up()
             sentinels.append(self.template.pidfd)
         if wait:
-            _wait_all(sentinels, timeout=5)
+            wait_all(sentinels, timeout=5)
         for process in processes:
             if process.is_alive():
                 process.kill()
@@ -509,7 +428,7 @@ class LocalBackend(Backend):
     def _death(self, w: _Worker) -> WorkerDied:
         w.process.join(timeout=5)
         running = self.running(w.pid)
-        cause = w.kill_cause or _death_cause(w.process.exitcode)
+        cause = w.kill_cause or death_cause(w.process.exitcode)
         log.debug("worker {} ended: {}", w.pid, cause)
         return WorkerDied(
             worker=w.pid,

@@ -18,7 +18,8 @@ What is measured, and why:
   ``--repeat`` runs is kept; a cell stops repeating once its runs took ``--budget`` seconds, so
   that the slow cells (one IPC round trip per item over 200k items) run once and the full run
   stays within minutes. The runs are interleaved: each round runs every engine once, in an
-  order rotated from round to round, so a slow minute on a shared machine hits all engines.
+  order rotated by a third of the list from round to round (see :func:`round_order`), so a
+  slow minute on a shared machine hits all engines.
 * Every run starts cold: joblib's loky workers, kept alive for reuse, are shut down inside
   its timed call (as the other pools are by their ``with`` blocks), and the multiprocessing
   forkserver poolrun starts is stopped after each run, so no engine skips its start-up on a
@@ -61,6 +62,7 @@ import gc
 import importlib
 import importlib.metadata
 import json
+import math
 import multiprocessing
 import multiprocessing.forkserver
 import platform
@@ -561,6 +563,20 @@ def heading(result: WorkloadResult, workers: int) -> str:
     )
 
 
+def round_order(cells: list[Cell], round_: int) -> list[Cell]:
+    """The engines in the order of round ``round_``: rotated by about a third of the list a
+    round, so that within the first three rounds (all that a slow cell gets before its
+    budget runs out) every engine runs once early, once midway and once late. Rotated by one
+    a round, the engines listed last (poolrun's) ran in the second half of each of heavy's
+    three rounds, and a machine that slows as a round goes on would charge them for it."""
+    n = len(cells)
+    stride = max(1, round(n / 3))
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    shift = round_ * stride % n
+    return cells[shift:] + cells[:shift]
+
+
 def run_workload(
     workload: Workload, engines: Sequence[str], args: argparse.Namespace
 ) -> WorkloadResult:
@@ -583,8 +599,7 @@ def run_workload(
         base_rss = psutil.Process().memory_info().rss
         cells = [new_cell(e) for e in engines if e != CLI_ENGINE or records_path is not None]
         for round_ in range(args.repeat):  # rounds, each engine once in a rotated order
-            shift = round_ % len(cells)
-            for cell in cells[shift:] + cells[:shift]:
+            for cell in round_order(cells, round_):
                 if wants_another(cell, args.repeat, args.budget):
                     measure_once(cell, job, expected)
         result = WorkloadResult(workload.name, workload.about, len(items), base_rss, cells, [])

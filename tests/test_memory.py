@@ -68,9 +68,12 @@ def test_a_just_forked_gauge_waits_before_its_first_full_reading(full_readings):
 def test_a_run_with_max_rss_makes_the_next_reading_a_full_one(full_readings):
     calls, _ = full_readings
     gauge = memory.PrivateMemory(just_forked=True)
-    gauge.read_in_full_next()
+    gauge.stop_deferring()
     gauge.read()
     assert len(calls) == 1
     gauge.read()
     assert len(calls) == 1  # and then the usual spacing
+    gauge.stop_deferring()  # a second max_rss call on the same worker: nothing to bring on
+    gauge.read()
+    assert len(calls) == 1
     gauge.close()

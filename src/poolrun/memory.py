@@ -87,7 +87,7 @@ class PrivateMemory:
     now). Read at once, it walked the page tables of everything inherited before the
     worker's first item (1 ms under a 60 MB caller, 5 ms under a 200 MB one) to learn
     about nothing. Pages the process copies on write are counted from that first full
-    reading, or at once after :meth:`read_in_full_next`.
+    reading, or at once after :meth:`stop_deferring`.
     """
 
     def __init__(self, pid: int | None = None, just_forked: bool = False) -> None:
@@ -100,14 +100,18 @@ class PrivateMemory:
         self._uss = 0
         self._rss_then = 0
         self._due = 0.0
+        self._deferred = False  # is the first full reading still put off (``just_forked``)?
         if just_forked:
             with contextlib.suppress(*self._gone):
                 self._rss_then = self._rss(self.pid)
                 self._due = time.monotonic() + RECALIBRATE_SECONDS
+                self._deferred = True
 
-    def read_in_full_next(self) -> None:
-        """Make the next reading a full one (a run with ``max_rss`` wants it exact)."""
-        self._due = 0.0
+    def stop_deferring(self) -> None:
+        """If the first full reading is still put off, make the next reading that one (a run
+        with ``max_rss`` wants it exact); once there has been one, the spacing stands."""
+        if self._deferred:
+            self._due = 0.0
 
     def close(self) -> None:
         """Let go of the open statm file (a gauge lives as long as its worker, or its run)."""
@@ -126,6 +130,7 @@ class PrivateMemory:
         now = time.monotonic()
         if now >= self._due:
             self._uss, self._rss_then = self._uss_rss(self.pid)
+            self._deferred = False
             cost = time.monotonic() - now
             self._due = now + max(RECALIBRATE_SECONDS, cost / CALIBRATION_SHARE)
             value = self._uss

@@ -421,7 +421,7 @@ class WorkerLoop:
         self.functions[fn_id] = (fn, retry_on, timeout is not None)
         tune_malloc(memory_limited=max_rss is not None)
         if max_rss is not None:
-            self.pipeline.memory.read_in_full_next()
+            self.pipeline.memory.stop_deferring()
         pin_native_threads(self.blas_threads)
         self.slot[SLOT_POS] = IDLE
 

@@ -14,9 +14,10 @@ import orjson
 import pytest
 
 import poolrun
+from poolrun.items import run_batch
 from poolrun.jsonl import LineTask
 from poolrun.results import Run, Segment
-from poolrun.worker import dumps, run_batch
+from poolrun.worker import dumps
 
 sys.path.insert(0, str(Path(__file__).parent))
 

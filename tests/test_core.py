@@ -241,11 +241,20 @@ def test_public_names_and_lazy_package():
     assert sorted(poolrun.__all__) == sorted(n for n in dir(poolrun) if n in poolrun.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = poolrun.nope
-    # a worker imports poolrun.worker, the pipe framing and its tuning only: no supervisor side
+    # a worker imports poolrun.worker, the item loops, the slot layout, the pipe framing and
+    # its tuning only: no supervisor side
     code = "import sys, poolrun.worker; print(sorted(m for m in sys.modules if 'poolrun' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip() == str(
-        ["poolrun", "poolrun.backends", "poolrun.backends.wire", "poolrun.tuning", "poolrun.worker"]
+        [
+            "poolrun",
+            "poolrun.backends",
+            "poolrun.backends.wire",
+            "poolrun.items",
+            "poolrun.slot",
+            "poolrun.tuning",
+            "poolrun.worker",
+        ]
     )
 
 

@@ -7,8 +7,8 @@ from array import array
 
 import pytest
 
+from poolrun.items import Uniform
 from poolrun.report import LatencyHistogram
-from poolrun.worker import Uniform
 
 
 def test_percentiles_within_the_bin_width():

@@ -8,9 +8,9 @@ from array import array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poolrun.items import Uniform
 from poolrun.results import Columns, ItemError, Run, Segment
 from poolrun.trace import Trace
-from poolrun.worker import Uniform
 
 KEPT = Columns.KEPT_WHOLE
 

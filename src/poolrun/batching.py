@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from .worker import TIMED_ITEM_SECONDS
+from .items import TIMED_ITEM_SECONDS
 
 GROWTH_CAP = 4.0
 TAIL_FRACTION = 100  # the balance rule never cuts a batch below size // TAIL_FRACTION

@@ -23,6 +23,7 @@ from .batches import Batch, SourceSlice, group, positions
 from .batching import BatchSizer
 from .faults import ALONE, FAIL, FaultPolicy
 from .feed import Feed
+from .items import describe_exception
 from .options import Options
 from .ratelimit import TokenBucket
 from .results import ItemError, Segment
@@ -114,7 +115,7 @@ class Call:
         return per_item is not None and per_item < QUEUE_BEHIND_SECONDS
 
     def in_bulk(self, batch: Batch) -> bool:
-        """Should this batch run in bulk (``worker.run_batch``)? Only tiny items gain from
+        """Should this batch run in bulk (``items.run_batch``)? Only tiny items gain from
         it, and only a call with no ``timeout`` can go without per-item start times."""
         return self.sizer.items_are_tiny and self.opts.timeout is None and not batch.exact
 
@@ -269,7 +270,7 @@ class Call:
             try:
                 worker.dumps(item)
             except Exception as exc:
-                kind, message, _ = worker.describe_exception(exc, 0)
+                kind, message, _ = describe_exception(exc, 0)
                 error = ItemError(kind, f"item cannot be sent to a worker: {message}")
                 self.finish_item(segment, pos, None, 0.0, None, batch.id, error)
             else:

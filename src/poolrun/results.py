@@ -13,7 +13,7 @@ from array import array
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from .worker import Uniform
+from .items import Uniform
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ import math
 import time
 from collections.abc import Sequence
 
+from .items import Uniform
 from .timeline import Timeline
-from .worker import Uniform
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
 if TYPE_CHECKING:

@@ -90,7 +90,7 @@ class Backend:
     start_method: str  # how workers start: "fork template", "forkserver", "dask", ...
     start_reason: str  # why that way, for the report
     # can its workers run a batch in bulk (``submit(bulk=True)``): fast, but a crash then
-    # tells only the batch, not the item (see ``worker.run_batch``)
+    # tells only the batch, not the item (see ``items.run_batch``)
     runs_in_bulk = False
 
     def start(self) -> None: ...

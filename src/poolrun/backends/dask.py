@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("backend='dask' needs Dask distributed: pip install 'poolrun[dask]'") from exc
 
 from .. import log
-from ..worker import IDLE, SLOT_POS, SLOT_SIZE
+from ..slot import IDLE, SLOT_POS, SLOT_SIZE
 from .base import (
     Backend,
     BatchDone,

@@ -35,19 +35,10 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from ..items import describe_exception, run_batch
+from ..slot import IDLE, SLOT_BATCH, SLOT_POS, SLOT_SIZE, SLOT_STARTED
 from ..tuning import tune_malloc
-from ..worker import (
-    IDLE,
-    SLOT_BATCH,
-    SLOT_POS,
-    SLOT_SIZE,
-    SLOT_STARTED,
-    BatchPipeline,
-    describe_exception,
-    dumps,
-    load_function,
-    run_batch,
-)
+from ..worker import BatchPipeline, dumps, load_function
 from .wire import joined
 
 SLOT_PID = SLOT_SIZE  # the Dask worker's pid, after the local backend's three numbers

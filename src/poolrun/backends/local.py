@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from .. import log, tuning, worker
 from ..options import available_cpus
+from ..slot import LOADING, SLOT_BATCH, SLOT_POS, SLOT_SIZE, SLOT_STARTED, STARTING
 from .base import (
     Backend,
     BatchDone,
@@ -206,7 +207,7 @@ class LocalBackend(Backend):
 
     def _spawn_from_context(self) -> int:
         parent_end, child_end = self.context.Pipe(duplex=True)
-        slot = self.context.RawArray("d", worker.SLOT_SIZE)
+        slot = self.context.RawArray("d", SLOT_SIZE)
         view = starting_slot(memoryview(slot).cast("B").cast("d"))
         init = None
         if self.init:
@@ -328,19 +329,19 @@ class LocalBackend(Backend):
 
     def starting(self, worker_id: int) -> tuple[str, int, float] | None:
         slot = self.workers[worker_id].slot
-        pos = slot[worker.SLOT_POS]
-        if pos == worker.STARTING:
-            return "initializer", 0, slot[worker.SLOT_STARTED]
-        if pos == worker.LOADING:
-            return "loading", int(slot[worker.SLOT_BATCH]), slot[worker.SLOT_STARTED]
+        pos = slot[SLOT_POS]
+        if pos == STARTING:
+            return "initializer", 0, slot[SLOT_STARTED]
+        if pos == LOADING:
+            return "loading", int(slot[SLOT_BATCH]), slot[SLOT_STARTED]
         return None
 
     def running(self, worker_id: int) -> tuple[int, int, float] | None:
         slot = self.workers[worker_id].slot
-        pos = slot[worker.SLOT_POS]
+        pos = slot[SLOT_POS]
         if pos < 0:
             return None
-        return int(slot[worker.SLOT_BATCH]), int(pos), slot[worker.SLOT_STARTED]
+        return int(slot[SLOT_BATCH]), int(pos), slot[SLOT_STARTED]
 
     def rss(self, worker_id: int) -> int | None:
         """The worker's private memory (pages it shares with the template do not count)."""

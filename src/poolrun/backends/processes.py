@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from .. import worker
+from ..slot import SLOT_BATCH, SLOT_POS, SLOT_STARTED, STARTING
 from .template import fork_safety
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -77,9 +77,9 @@ def main_hidden() -> Iterator[None]:
 
 def starting_slot(view: memoryview) -> memoryview:
     """A new worker's slot: starting since now (the clock of ``start_timeout``)."""
-    view[worker.SLOT_BATCH] = 0
-    view[worker.SLOT_STARTED] = time.perf_counter()
-    view[worker.SLOT_POS] = worker.STARTING
+    view[SLOT_BATCH] = 0
+    view[SLOT_STARTED] = time.perf_counter()
+    view[SLOT_POS] = STARTING
     return view
 
 

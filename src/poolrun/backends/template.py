@@ -38,6 +38,7 @@ import threading
 from _pickle import dumps, loads  # not ``pickle``: see ``worker``
 
 from .. import tuning, worker
+from ..slot import SLOT_BYTES
 from .wire import Wire, blocking
 
 TYPE_CHECKING = False  # typing itself is not imported: it costs the first call
@@ -356,7 +357,7 @@ def _fork_worker(
             os.close(fd)
         _set_process_name(WORKER_NAME)
         conn = Wire(socket.socket(fileno=conn_fd))
-        slot = mmap.mmap(slot_fd, worker.SLOT_BYTES)
+        slot = mmap.mmap(slot_fd, SLOT_BYTES)
         os.close(slot_fd)
         worker.main(conn, slot, supervisor_pid, blas_threads, initializer, main_ref, forked=True)
     except SystemExit as exc:
@@ -379,5 +380,5 @@ def _set_process_name(name: str) -> None:
 def new_slot() -> tuple[int, mmap.mmap]:
     """A worker's slot as a memfd (its fd travels to the template) and our mapping of it."""
     fd = os.memfd_create("poolrun-slot", os.MFD_CLOEXEC)
-    os.ftruncate(fd, worker.SLOT_BYTES)
-    return fd, mmap.mmap(fd, worker.SLOT_BYTES)
+    os.ftruncate(fd, SLOT_BYTES)
+    return fd, mmap.mmap(fd, SLOT_BYTES)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ..batching import BatchSizer
 from ..checkpoint import Watermark
+from ..items import Uniform
 from ..jsonl import (
     Cutter,
     InputError,
@@ -35,7 +36,6 @@ from ..jsonl.reader import Line
 from ..report import Report
 from ..results import ItemError, ItemResult, Segment
 from ..stats import LatencyHistogram, SizeStats
-from ..worker import Uniform
 from .fallback import LinePool
 
 INPUT_ERROR = f"{InputError.__module__}.{InputError.__qualname__}"

@@ -32,6 +32,7 @@ import psutil
 
 from .. import worker
 from ..backends.wire import OutOfBand
+from ..items import describe_exception
 from ..spec import resolve
 from .ranges import Range
 from .reader import InputError
@@ -156,7 +157,7 @@ class LineTask:
             except BaseException as exc:  # the line failed, not the worker
                 if not ranged:
                     raise
-                kind, message, text = worker.describe_exception(exc, 0)
+                kind, message, text = describe_exception(exc, 0)
                 retryable = isinstance(exc, Exception)
                 raw = _without_newline(line)
                 failures.append(LineFailure(number, len(out), kind, message, text, raw, retryable))

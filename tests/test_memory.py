@@ -43,7 +43,7 @@ def test_a_gauge_reads_in_full_first_then_adds_what_rss_grew_by(full_readings):
     gauge = memory.PrivateMemory()
     before = gauge.read()
     assert len(calls) == 1 and before > 0
-    block = bytearray(32 * MB)  # zero-filled: every page is touched, so RSS grows
+    block = b"x" * (32 * MB)  # written byte by byte, so every page is in RSS
     after = gauge.read()
     assert len(calls) == 1  # within RECALIBRATE_SECONDS: the cheap reading
     assert after - before >= 30 * MB
@@ -56,7 +56,7 @@ def test_a_just_forked_gauge_waits_before_its_first_full_reading(full_readings):
     calls, clock = full_readings
     gauge = memory.PrivateMemory(just_forked=True)
     assert gauge.read() < 8 * MB and calls == []  # nothing of its own yet, and no walk
-    block = bytearray(32 * MB)
+    block = b"x" * (32 * MB)
     assert gauge.read() >= 30 * MB and calls == []  # what it allocates counts at once
     clock.now += memory.RECALIBRATE_SECONDS
     gauge.read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import types
 
 import pytest
@@ -12,6 +13,17 @@ pytestmark = pytest.mark.skipif(
     not memory.os.path.exists("/proc/self/smaps_rollup"), reason="reads /proc (Linux)"
 )
 MB = 1 << 20
+
+
+def resident_block(size: int) -> mmap.mmap:
+    """``size`` bytes newly in RSS: an anonymous mapping, every page written.
+
+    Not a Python object from malloc: after earlier tests (or ``tuning``'s mallopt in this
+    process) malloc may serve a block from freed heap pages already counted in RSS."""
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
 
 
 class FakeClock:
@@ -43,12 +55,12 @@ def test_a_gauge_reads_in_full_first_then_adds_what_rss_grew_by(full_readings):
     gauge = memory.PrivateMemory()
     before = gauge.read()
     assert len(calls) == 1 and before > 0
-    block = b"x" * (32 * MB)  # written byte by byte, so every page is in RSS
+    block = resident_block(32 * MB)
     after = gauge.read()
     assert len(calls) == 1  # within RECALIBRATE_SECONDS: the cheap reading
     assert after - before >= 30 * MB
     assert gauge.peak == after
-    del block
+    block.close()
     gauge.close()
 
 
@@ -56,12 +68,12 @@ def test_a_just_forked_gauge_waits_before_its_first_full_reading(full_readings):
     calls, clock = full_readings
     gauge = memory.PrivateMemory(just_forked=True)
     assert gauge.read() < 8 * MB and calls == []  # nothing of its own yet, and no walk
-    block = b"x" * (32 * MB)
+    block = resident_block(32 * MB)
     assert gauge.read() >= 30 * MB and calls == []  # what it allocates counts at once
     clock.now += memory.RECALIBRATE_SECONDS
     gauge.read()
     assert len(calls) == 1  # the first full reading, RECALIBRATE_SECONDS in
-    del block
+    block.close()
     gauge.close()
 
 

@@ -505,6 +505,7 @@ VERDICT_COLUMNS = (
     "warm pool / best peer",
     "runner-up peer / best peer",
     "first call / best peer, medians",
+    "first call / best peer, round by round",
 )
 
 
@@ -525,7 +526,20 @@ def verdict_row(result: WorkloadResult) -> list[str] | None:
 
     runner_up = f"{peers[1][0] / best:.2f} ({peers[1][1]})" if len(peers) > 1 else "-"
     median = ratio("poolrun", lambda c: statistics.median(c.seconds))
-    return [result.name, name, ratio("poolrun"), ratio(WARM_ENGINE), runner_up, median]
+    paired = round_by_round(cells["poolrun"], cells[name])
+    return [result.name, name, ratio("poolrun"), ratio(WARM_ENGINE), runner_up, median, paired]
+
+
+def round_by_round(cell: Cell, peer: Cell) -> str:
+    """The median over rounds of ``cell``'s time over ``peer``'s in the same round, and how
+    many rounds ``cell`` won: the paired reading, in which a slow minute of the machine
+    slows both runs of a round and so cancels out (best-of readings instead pit one engine's
+    luckiest run against the luckiest of all the peers' runs). A cell's i-th run is from
+    round i: a cell that stops repeating does so for the rest of the workload."""
+    pairs = list(zip(cell.seconds, peer.seconds, strict=False))
+    ratios = [mine / theirs for mine, theirs in pairs]
+    won = sum(ratio < 1 for ratio in ratios)
+    return f"{statistics.median(ratios):.2f} (won {won} of {len(ratios)})"
 
 
 def verdict(results: list[WorkloadResult]) -> list[list[str]]:

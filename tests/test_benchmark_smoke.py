@@ -34,3 +34,15 @@ def test_side_by_side_smoke(tmp_path):
     for workload in ("tiny", "small", "numpy", "heavy", "skewed", "jsonl"):
         assert f"{workload}" in text
     assert "MISMATCH" not in done.stdout and "poolrun_cli" in done.stdout
+
+
+def test_round_by_round_pairs_runs_of_the_same_round():
+    from benchmarks.side_by_side import Cell, round_by_round
+
+    # The peer's one lucky run (0.9) wins the best-of race; round by round poolrun is ahead
+    # in two rounds of three, and the slow second round slows both alike.
+    poolrun = Cell("poolrun", seconds=[1.0, 2.0, 1.0])
+    peer = Cell("mp_pool_map", seconds=[1.1, 2.2, 0.9])
+    assert round_by_round(poolrun, peer) == "0.91 (won 2 of 3)"
+    # A cell that stopped repeating early is paired only over the rounds it ran.
+    assert round_by_round(Cell("poolrun", seconds=[3.0]), peer) == "2.73 (won 0 of 1)"

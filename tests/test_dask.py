@@ -37,6 +37,7 @@ from funcs import (  # noqa: E402
     square,
 )
 from poolrun.backends import dask as dask_backend  # noqa: E402
+from poolrun.backends import dask_slots, dask_workers  # noqa: E402
 
 pytestmark = pytest.mark.dask
 
@@ -76,7 +77,7 @@ def pools(cluster):
 @pytest.fixture
 def remote_like(monkeypatch):
     """Workers that cannot share the client's /dev/shm slots, as on other machines."""
-    monkeypatch.setattr(dask_backend, "SLOT_DIR", Path("/nonexistent/poolrun"))
+    monkeypatch.setattr(dask_slots, "SLOT_DIR", Path("/nonexistent/poolrun"))
 
 
 def outcome(run: poolrun.Run) -> list[tuple]:
@@ -326,7 +327,7 @@ def test_cluster_of_separate_processes_used_by_address():
 
 def test_a_cluster_left_without_workers_fails_the_run(monkeypatch):
     """No nanny restarts the worker that dies: the run ends with an error, it does not hang."""
-    monkeypatch.setattr(dask_backend, "NO_WORKER_SECONDS", 2.0)
+    monkeypatch.setattr(dask_workers, "NO_WORKER_SECONDS", 2.0)
     with (
         process_cluster("--no-nanny") as address,
         pytest.raises(RuntimeError, match="no Dask worker has been available"),

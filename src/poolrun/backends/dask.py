@@ -1,8 +1,12 @@
 """The Dask backend: the same batches, run as tasks on a Dask distributed cluster.
 
-This module is the supervisor's side; what runs inside a Dask worker process is in
-:mod:`poolrun.backends.dask_task`. Importing this module imports Dask, so poolrun imports it
-only when ``backend="dask"`` is chosen.
+This module is the supervisor's side: it runs batches as tasks and turns their results and
+the cluster's membership changes into events. Beside it, :mod:`~poolrun.backends.dask_workers`
+keeps which Dask worker each worker id is bound to, :mod:`~poolrun.backends.dask_cluster`
+connects to (or starts) the cluster and restarts worker processes, and
+:mod:`~poolrun.backends.dask_slots` holds the slot file described below. What runs inside a
+Dask worker process is in :mod:`poolrun.backends.dask_task`. Importing this module imports
+Dask, so poolrun imports it only when ``backend="dask"`` is chosen.
 
 Each poolrun worker id stands for one Dask worker (bound to its address; a dead worker's id
 is never reused). A batch becomes one task pinned to that worker
@@ -26,9 +30,9 @@ on a queue, and the scheduler's ``add-worker``/``remove-worker`` events (topic `
 to the same queue; :meth:`DaskBackend.wait` blocks on that queue.
 
 On the client's own machine this backend owns the ``/dev/shm`` slot file the tasks write
-to (:class:`_Slots`), so a crash blames the right item and timeouts and ``max_rss`` are
-enforced as locally. Elsewhere a worker that dies is reported with ``running=None`` and the
-supervisor isolates a poison item by halving the batch.
+to (:class:`~poolrun.backends.dask_slots.SlotFile`), so a crash blames the right item and
+timeouts and ``max_rss`` are enforced as locally. Elsewhere a worker that dies is reported
+with ``running=None`` and the supervisor isolates a poison item by halving the batch.
 """
 
 from __future__ import annotations
@@ -37,22 +41,14 @@ import atexit
 import contextlib
 import hashlib
 import itertools
-import logging
-import mmap
-import os
 import queue
 import time
-import uuid
 import weakref
-from array import array
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import psutil
 
 try:
     import distributed
@@ -60,7 +56,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("backend='dask' needs Dask distributed: pip install 'poolrun[dask]'") from exc
 
 from .. import log
-from ..slot import IDLE, SLOT_POS, SLOT_SIZE
 from .base import (
     Backend,
     BatchDone,
@@ -71,97 +66,15 @@ from .base import (
     SetupFailed,
     WorkerDied,
 )
-from .dask_task import (
-    BOOT_ID,
-    SLOT_PID,
-    SLOT_WIDTH,
-    Setup,
-    _check_worker,
-    _kill_worker_process,
-    poolrun_batch,
-)
+from .dask_cluster import connect, first_workers, local_cluster, restart_process
+from .dask_slots import SlotFile
+from .dask_task import BOOT_ID, Setup, poolrun_batch
+from .dask_workers import WorkerBindings
 from .wire import unpack
 
-SLOT_CAPACITY = 1024  # 32 KiB of /dev/shm; ids bound beyond this go without a slot
-SLOT_DIR = Path("/dev/shm")
-START_SECONDS = 30.0  # to reach the scheduler and see a first worker
-NO_WORKER_SECONDS = 60.0  # a worker id left without any Dask worker this long fails the run
 CLOSE_SECONDS = 10.0
 SCATTER_BYTES = 1 << 20  # larger batches go to their worker by scatter, not in the task
 LOST = "worker-died: dask worker lost"
-
-
-# -- in the supervisor's process -----------------------------------------------------------
-
-
-class _Slots:
-    """The /dev/shm file of (batch, position, item start, pid) slots, one per bound worker id.
-
-    A freed slot goes to the back of the line, so one that a timed-out item's stranded
-    thread may still write to is reused last.
-    """
-
-    def __init__(self, path: Path) -> None:
-        size = SLOT_CAPACITY * SLOT_WIDTH * 8
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self.path = path
-        self.view = memoryview(self.map).cast("d")
-        self.free = deque(range(SLOT_CAPACITY))
-        self.index: dict[int, int] = {}
-        self.handles: dict[int, psutil.Process] = {}
-
-    @classmethod
-    def create(cls) -> _Slots | None:
-        if not SLOT_DIR.is_dir():
-            return None
-        try:
-            return cls(SLOT_DIR / f"poolrun-dask-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        except OSError:
-            return None
-
-    def assign(self, worker: int) -> None:
-        if self.free:
-            index = self.index[worker] = self.free.popleft()
-            base = index * SLOT_WIDTH
-            self.view[base : base + SLOT_WIDTH] = array("d", [IDLE, IDLE, 0.0, 0.0])
-
-    def release(self, worker: int) -> None:
-        index = self.index.pop(worker, None)
-        if index is not None:
-            self.free.append(index)
-
-    def ref(self, worker: int) -> tuple[str, int] | None:
-        index = self.index.get(worker)
-        return None if index is None else (str(self.path), index)
-
-    def running(self, worker: int) -> tuple[int, int, float] | None:
-        index = self.index.get(worker)
-        if index is None or self.view[index * SLOT_WIDTH + SLOT_POS] < 0:
-            return None
-        batch, pos, started = self.view[index * SLOT_WIDTH : index * SLOT_WIDTH + SLOT_SIZE]
-        return int(batch), int(pos), started
-
-    def rss(self, worker: int) -> int | None:
-        index = self.index.get(worker)
-        pid = 0 if index is None else int(self.view[index * SLOT_WIDTH + SLOT_PID])
-        if pid <= 0:
-            return None
-        try:
-            handle = self.handles.get(pid) or self.handles.setdefault(pid, psutil.Process(pid))
-            return handle.memory_info().rss
-        except psutil.Error:
-            return None
-
-    def close(self) -> None:
-        self.view.release()
-        self.map.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
 
 
 @dataclass(slots=True, eq=False)
@@ -208,80 +121,36 @@ class DaskBackend(Backend):
         self.init = cloudpickle.dumps((initializer, initargs)) if initializer else None
         self.client: Any = None  # distributed.Client, made in start()
         self.cluster: Any = None  # the LocalCluster this backend started, if any
-        self.slots: _Slots | None = None
+        self.slots: SlotFile | None = None
         self.functions: dict[int, tuple[str, bytes]] = {}
         self._fn_ids = itertools.count(1)
         self.tasks: dict[str, _Task] = {}
-        self.address: dict[int, str] = {}
-        self.names: dict[int, str] = {}
-        self.unbound: dict[int, float] = {}  # worker id -> since when it waits for a worker
+        self.bindings = WorkerBindings()
         self.queued: dict[int, list[tuple[int, int, bytes]]] = {}
-        self.alive: set[str] = set()
-        self.recycling: set[str] = set()
         self.shipped: dict[str, set[str]] = {}
         self.ready: list[Event] = []
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._ids = itertools.count(1)
         self.closed = False
         _LIVE.add(self)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.slots = _Slots.create()
-        self.client = self._connect()
+        self.slots = SlotFile.create()
+        if self.scheduler is None:
+            self.cluster = local_cluster(self.size)
+        self.client = connect(self.scheduler, self.cluster)
         self.client.subscribe_topic("all", self._on_cluster_event)
-        for address in self._first_workers()[: self.size]:
-            self._bind(next(self._ids), address)
-
-    def _connect(self) -> Any:
-        if self.scheduler is not None:
-            try:
-                return distributed.Client(
-                    self.scheduler, timeout=START_SECONDS, set_as_default=False
-                )
-            except (OSError, TimeoutError) as exc:
-                raise SetupFailed(
-                    f"cannot reach the Dask scheduler {self.scheduler}: {exc}"
-                ) from exc
-        self.cluster = distributed.LocalCluster(
-            n_workers=self.size,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.CRITICAL,
-        )
-        return distributed.Client(self.cluster, direct_to_workers=True, set_as_default=False)
-
-    def _first_workers(self) -> list[str]:
-        """The workers there now, once our membership events are sure to flow.
-
-        A first task, submitted after subscribing on the same ordered stream, proves the
-        subscription is in force, so no worker can join or leave unseen after the snapshot.
-        It also fails early, and clearly, where poolrun is not installed on the workers.
-        """
-        wanted = self.size if self.cluster is not None else 1
-        try:
-            self.client.wait_for_workers(wanted, timeout=START_SECONDS)
-        except TimeoutError as exc:
-            raise SetupFailed(f"no Dask worker joined within {START_SECONDS:.0f} s") from exc
-        try:
-            self.client.submit(_check_worker, pure=False).result(timeout=START_SECONDS)
-        except Exception as exc:
-            raise SetupFailed(
-                f"poolrun cannot run on the Dask workers (is it installed there?): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        workers = self.client.scheduler_info()["workers"]
-        self.alive = set(workers)
-        return list(workers)
+        workers = first_workers(self.client, self.size if self.cluster is not None else 1)
+        self.bindings.alive = set(workers)
+        for address in workers[: self.size]:
+            self._bind(self.bindings.new_id(), address)
 
     def worker_ids(self) -> list[int]:
-        return [*self.address, *self.unbound]
+        return self.bindings.ids()
 
     def describe_worker(self, worker_id: int) -> str:
-        return self.names.get(worker_id, f"dask worker {worker_id} (waiting for a worker)")
+        return self.bindings.describe(worker_id)
 
     def replace(self, worker_id: int) -> int:
         """A new id for a dead worker, or for a live one whose run was abandoned."""
@@ -329,7 +198,7 @@ class DaskBackend(Backend):
     def submit(
         self, worker_id: int, batch: int, fn_id: int, payload: bytes, bulk: bool = False
     ) -> None:
-        address = self.address.get(worker_id)
+        address = self.bindings.address.get(worker_id)
         if address is None:  # its Dask worker has not joined yet: sent when it does
             self.queued.setdefault(worker_id, []).append((batch, fn_id, payload))
             return
@@ -392,9 +261,9 @@ class DaskBackend(Backend):
 
     def kill(self, worker_id: int, cause: str) -> None:
         """Report the worker dead now, and restart its process through its nanny."""
-        if worker_id not in self.address and worker_id not in self.unbound:
+        if worker_id not in self.bindings.ids():
             return
-        address = self.address.get(worker_id)
+        address = self.bindings.address.get(worker_id)
         self.ready.append(self._lose(worker_id, cause))
         if address is not None:
             self._recycle(address)
@@ -427,7 +296,7 @@ class DaskBackend(Backend):
             except queue.Empty:
                 break
             self._handle(message, events)
-        self._check_stranded()
+        self.bindings.check_stranded()
         return events
 
     # -- events ------------------------------------------------------------------------
@@ -442,8 +311,9 @@ class DaskBackend(Backend):
             self.inbox.put(("left", msg["worker"]))
 
     def _next_message(self, timeout: float | None) -> tuple[Any, ...] | None:
-        if self.unbound:  # wake in time to give up on a worker that never comes
-            limit = min(self.unbound.values()) + NO_WORKER_SECONDS - time.perf_counter()
+        deadline = self.bindings.deadline()
+        if deadline is not None:  # wake in time to give up on a worker that never comes
+            limit = deadline - time.perf_counter()
             timeout = max(0.0, limit if timeout is None else min(timeout, limit))
         try:
             return self.inbox.get(timeout=timeout)
@@ -509,47 +379,30 @@ class DaskBackend(Backend):
             ) from exc
 
     def _on_joined(self, address: str) -> None:
-        self.alive.add(address)
-        if self.unbound and address not in self.address.values():
-            self._bind(next(iter(self.unbound)), address)
+        worker_id = self.bindings.joined(address)
+        if worker_id is not None:
+            self._bind(worker_id, address)
 
     def _on_left(self, address: str, events: list[Event]) -> None:
-        self.alive.discard(address)
-        self.recycling.discard(address)
         self.shipped.pop(address, None)
-        for worker_id in [w for w, a in self.address.items() if a == address]:
+        for worker_id in self.bindings.left(address):
             events.append(self._lose(worker_id, LOST))
-
-    def _check_stranded(self) -> None:
-        if self.unbound:
-            waited = time.perf_counter() - min(self.unbound.values())
-            if waited > NO_WORKER_SECONDS:
-                raise RuntimeError(
-                    f"no Dask worker has been available for {waited:.0f} s "
-                    f"(the cluster has {len(self.alive)} workers, all in use or restarting)"
-                )
 
     # -- worker ids and addresses ------------------------------------------------------
 
     def _fresh_id(self) -> int:
-        worker_id = next(self._ids)
-        spare = next(
-            (a for a in self.alive if a not in self.recycling and a not in self.address.values()),
-            None,
-        )
+        worker_id = self.bindings.new_id()
+        spare = self.bindings.spare()
         if spare is None:
-            self.unbound[worker_id] = time.perf_counter()
+            self.bindings.wait(worker_id)
         else:
             self._bind(worker_id, spare)
         return worker_id
 
     def _bind(self, worker_id: int, address: str) -> None:
-        self.unbound.pop(worker_id, None)
-        self.address[worker_id] = address
-        self.names[worker_id] = address
+        self.bindings.bind(worker_id, address)
         if self.slots is not None:
             self.slots.assign(worker_id)
-        log.debug("worker {} is Dask worker {}", worker_id, address)
         for batch, fn_id, payload in self.queued.pop(worker_id, []):
             self._launch(worker_id, address, batch, fn_id, payload)
 
@@ -557,10 +410,9 @@ class DaskBackend(Backend):
         """Forget a worker id: cancel its tasks and drop what waited for it."""
         self._cancel([k for k, t in self.tasks.items() if t.worker == worker_id])
         self.queued.pop(worker_id, None)
-        self.unbound.pop(worker_id, None)
         if self.slots is not None:
             self.slots.release(worker_id)
-        return self.address.pop(worker_id, None)
+        return self.bindings.unbind(worker_id)
 
     def _lose(
         self, worker_id: int, cause: str, running: tuple[int, int] | None = None
@@ -584,11 +436,5 @@ class DaskBackend(Backend):
 
         Without a nanny it cannot be restarted from here: it stays in use as it is.
         """
-        try:
-            killed = self.client.run(
-                _kill_worker_process, workers=[address], nanny=True, on_error="ignore"
-            )
-        except Exception:
-            killed = {}
-        if killed:
-            self.recycling.add(address)
+        if restart_process(self.client, address):
+            self.bindings.recycling.add(address)

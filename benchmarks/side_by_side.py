@@ -506,6 +506,7 @@ VERDICT_COLUMNS = (
     "runner-up peer / best peer",
     "first call / best peer, medians",
     "first call / best peer, round by round",
+    "ideal / best peer",
 )
 
 
@@ -513,7 +514,9 @@ def verdict_row(result: WorkloadResult) -> list[str] | None:
     """poolrun's first call and warm pool against the best peer, on best runs and on
     medians, beside how far the runner-up peer is from the best: where peers doing the same
     work differ by more than poolrun trails, a best-of-N race is decided by noise (the best
-    of six peers' runs is the luckiest of many more runs than poolrun's own)."""
+    of six peers' runs is the luckiest of many more runs than poolrun's own). The ideal is
+    the serial time over the workers, what a perfect engine (no start-up, no IPC, no
+    imbalance) would take: how much any engine could still beat the best peer by."""
     cells = {c.engine: c for c in result.cells if c.status == "ok" and c.seconds}
     peers = sorted((cells[p].best, p) for p in PEERS if p in cells)
     if "poolrun" not in cells or not peers:
@@ -527,7 +530,10 @@ def verdict_row(result: WorkloadResult) -> list[str] | None:
     runner_up = f"{peers[1][0] / best:.2f} ({peers[1][1]})" if len(peers) > 1 else "-"
     median = ratio("poolrun", lambda c: statistics.median(c.seconds))
     paired = round_by_round(cells["poolrun"], cells[name])
-    return [result.name, name, ratio("poolrun"), ratio(WARM_ENGINE), runner_up, median, paired]
+    serial = cells.get("serial")
+    ideal = f"{serial.best / result.workers / best:.2f}" if serial else "-"
+    row = [result.name, name, ratio("poolrun"), ratio(WARM_ENGINE), runner_up, median, paired]
+    return [*row, ideal]
 
 
 def round_by_round(cell: Cell, peer: Cell) -> str:
@@ -557,6 +563,7 @@ class WorkloadResult:
     about: str
     n: int
     base_rss: int
+    workers: int
     cells: list[Cell]
     rows: list[list[str]]
 
@@ -616,7 +623,9 @@ def run_workload(
             for cell in round_order(cells, round_):
                 if wants_another(cell, args.repeat, args.budget):
                     measure_once(cell, job, expected)
-        result = WorkloadResult(workload.name, workload.about, len(items), base_rss, cells, [])
+        result = WorkloadResult(
+            workload.name, workload.about, len(items), base_rss, args.workers, cells, []
+        )
         print(f"\n{heading(result, args.workers)}\n{text_line(COLUMNS)}", flush=True)
         for cell in cells:
             result.rows.append(row(cell, len(items), cells[0].best, args.workers))

@@ -20,6 +20,13 @@ defined in the script itself (``__main__``), as it is the first time anyone trie
 * ``--before SRC`` adds a ``poolrun_before`` engine: the same poolrun script run with
   ``PYTHONPATH=SRC`` (e.g. a ``git worktree`` of an older commit), so that a change is
   measured against what it replaced in the same interleaved rounds.
+* ``--control`` adds ``poolrun_again``, the very same poolrun script a second time each
+  round: what its ratio reads beside poolrun's is the noise of the ratio itself on this
+  machine (on this 2-core machine, 21 rounds of the matmul row read 1.06 and 1.16 for the
+  same code). ``--ideal`` adds ``ideal``: the same script computing its first 1/workers of
+  the items serially with no pool, what a perfect engine with no start-up, no IPC and no
+  imbalance would take; ``ideal / best peer`` is how much any engine could still beat the
+  best peer by.
 * Rounds are interleaved (every engine once per round, in a rotating order), so a noisy
   neighbour on this shared machine hits every engine alike; the median of the rounds is kept,
   and the ratio poolrun / best peer is taken between medians of the same run.
@@ -135,7 +142,10 @@ ENGINES = {
         "with WorkerPool(n_jobs={w}) as pool:\n    values = pool.map(fn, [(x,) for x in items])\n",
     ),
 }
+ENGINES["poolrun_again"] = ENGINES["poolrun"]  # --control: the same script under a second name
+ENGINES["ideal"] = ("", "values = [fn(x) for x in items[: len(items) // {w}]]\n")  # --ideal
 PEERS = ["mp_pool", "ppe", "mpire"]
+NOT_COMPARED = ("ideal",)  # computes part of the items: its digest differs on purpose
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -223,12 +233,12 @@ def measure(
                 cell = cells[w, e]
                 cell.seconds.append(seconds)
                 cell.digest = digest
-            digests = {cells[w, e].digest for e in engines}
+            digests = {cells[w, e].digest for e in engines if e not in NOT_COMPARED}
             if len(digests) != 1:
                 raise SystemExit(f"{w}: engines disagree on the results: {digests}")
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     if pss and "table" in workloads:
-        for e in engines:
+        for e in (e for e in engines if e not in NOT_COMPARED):
             cells["table", e].pss = peak_pss(paths["table", e], envs[e])
     return cells
 
@@ -244,9 +254,9 @@ def table(workloads: list[str], engines: list[str], cells: dict) -> str:
         row += [f"{medians[e] / best:.2f}" for e in ours]
         lines.append("| " + " | ".join(row) + " |")
     if any(cells.get(("table", e)) and cells["table", e].pss for e in engines):
-        pss = {e: cells["table", e].pss / 2**20 for e in engines}
-        row = ["peak PSS, table", *(f"{pss[e]:.0f} MiB" for e in engines)]
-        row += [f"{pss[e] / pss['mpire']:.2f} (vs mpire)" for e in ours]
+        pss = {e: cells["table", e].pss / 2**20 for e in engines if e not in NOT_COMPARED}
+        row = ["peak PSS, table", *(f"{pss[e]:.0f} MiB" if e in pss else "-" for e in engines)]
+        row += [f"{pss[e] / pss['mpire']:.2f} (vs mpire)" if e in pss else "-" for e in ours]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -272,12 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pss", action="store_true", help="also measure peak PSS on 'table'")
     parser.add_argument("--no-pin-blas", action="store_true", help="leave BLAS threads as set")
     parser.add_argument("--before", metavar="SRC", help="also run poolrun from this src folder")
+    parser.add_argument(
+        "--control", action="store_true", help="also run poolrun's script again, as a control"
+    )
+    parser.add_argument(
+        "--ideal", action="store_true", help="also run 1/workers of the items serially, no pool"
+    )
     args = parser.parse_args(argv)
     workloads = args.workloads.split(",")
     unknown = set(workloads) - set(PRELUDE)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
-    engines = [*ENGINES, *(["poolrun_before"] if args.before else [])]
+    wanted = {"poolrun_again": args.control, "ideal": args.ideal}
+    engines = [e for e in ENGINES if wanted.get(e, True)]
+    engines += ["poolrun_before"] if args.before else []
     compile_poolrun(args.before)
     envs = environments(engines, not args.no_pin_blas, args.before)
     with tempfile.TemporaryDirectory(prefix="poolrun-startup-") as folder:

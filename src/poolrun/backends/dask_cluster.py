@@ -13,7 +13,7 @@ import logging
 import distributed
 
 from .base import SetupFailed
-from .dask_task import _check_worker, _kill_worker_process
+from .dask_task import check_worker, kill_worker_process
 
 START_SECONDS = 30.0  # to reach the scheduler and see a first worker
 
@@ -53,7 +53,7 @@ def first_workers(client: distributed.Client, wanted: int) -> list[str]:
     except TimeoutError as exc:
         raise SetupFailed(f"no Dask worker joined within {START_SECONDS:.0f} s") from exc
     try:
-        client.submit(_check_worker, pure=False).result(timeout=START_SECONDS)
+        client.submit(check_worker, pure=False).result(timeout=START_SECONDS)
     except Exception as exc:
         raise SetupFailed(
             f"poolrun cannot run on the Dask workers (is it installed there?): "
@@ -65,7 +65,7 @@ def first_workers(client: distributed.Client, wanted: int) -> list[str]:
 def restart_process(client: distributed.Client, address: str) -> bool:
     """Have the worker's nanny start it a new process; False where no nanny watches it."""
     try:
-        killed = client.run(_kill_worker_process, workers=[address], nanny=True, on_error="ignore")
+        killed = client.run(kill_worker_process, workers=[address], nanny=True, on_error="ignore")
     except Exception:
         killed = {}
     return bool(killed)

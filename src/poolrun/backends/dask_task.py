@@ -237,12 +237,12 @@ def _run_watched(
             return int(pos)
 
 
-def _check_worker() -> str:
+def check_worker() -> str:
     """The first task: poolrun imports on the workers, and our subscription is in force."""
     return BOOT_ID
 
 
-def _kill_worker_process(dask_worker: Any) -> None:
+def kill_worker_process(dask_worker: Any) -> None:
     """Runs on a Nanny: SIGKILL its worker process, and the nanny starts a fresh one."""
     if dask_worker.pid:
         os.kill(dask_worker.pid, signal.SIGKILL)

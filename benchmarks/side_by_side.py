@@ -497,6 +497,7 @@ def markdown_table(rows: list[list[str]], columns: Sequence[str] = COLUMNS) -> l
 
 # -- the verdict: poolrun against the best peer -------------------------------------------
 
+VERDICT_TITLE, VERDICT_NOTE = "poolrun against the best peer", "(below 1.00: poolrun is faster)"
 PEERS = ("mp_pool_map", "mp_pool_imap1", "ppe_map1", "ppe_map_chunked", "joblib", "mpire")
 VERDICT_COLUMNS = (
     "workload",
@@ -574,12 +575,12 @@ class WorkloadResult:
         return best / self.n * 1e6 if best else None
 
 
-def heading(result: WorkloadResult, workers: int) -> str:
+def heading(result: WorkloadResult) -> str:
     """One line that says what the rows below measure."""
     per_item = result.serial_us_per_item
     cost = f"{per_item:,.2f} µs/item serially" if per_item else "serial failed"
     return (
-        f"{result.name}: {result.n:,} items, {result.about}; {cost}; {workers} workers; "
+        f"{result.name}: {result.n:,} items, {result.about}; {cost}; {result.workers} workers; "
         f"base RSS {result.base_rss / MB:,.0f} MB"
     )
 
@@ -626,7 +627,7 @@ def run_workload(
         result = WorkloadResult(
             workload.name, workload.about, len(items), base_rss, args.workers, cells, []
         )
-        print(f"\n{heading(result, args.workers)}\n{text_line(COLUMNS)}", flush=True)
+        print(f"\n{heading(result)}\n{text_line(COLUMNS)}", flush=True)
         for cell in cells:
             result.rows.append(row(cell, len(items), cells[0].best, args.workers))
             print(text_line(result.rows[-1]), flush=True)
@@ -686,10 +687,10 @@ def write_markdown(
     ]
     rows = verdict(results)
     if rows:
-        lines += ["", "**poolrun against the best peer** (below 1.00: poolrun is faster)", ""]
+        lines += ["", f"**{VERDICT_TITLE}** {VERDICT_NOTE}", ""]
         lines += markdown_table(rows, VERDICT_COLUMNS)
     for result in results:
-        lines += ["", f"**{heading(result, args.workers)}**", "", *markdown_table(result.rows)]
+        lines += ["", f"**{heading(result)}**", "", *markdown_table(result.rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -779,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(args.json, results, facts, args)
     rows = verdict(results)
     if rows:
-        print("\npoolrun against the best peer (below 1.00: poolrun is faster)")
+        print(f"\n{VERDICT_TITLE} {VERDICT_NOTE}")
         for line in markdown_table(rows, VERDICT_COLUMNS):
             print(line)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

@@ -142,8 +142,9 @@ ENGINES = {
         "with WorkerPool(n_jobs={w}) as pool:\n    values = pool.map(fn, [(x,) for x in items])\n",
     ),
 }
-ENGINES["poolrun_again"] = ENGINES["poolrun"]  # --control: the same script under a second name
 ENGINES["ideal"] = ("", "values = [fn(x) for x in items[: len(items) // {w}]]\n")  # --ideal
+# poolrun's own script under other names: from another src folder (--before), or again (--control)
+SAME_SCRIPT = {"poolrun_before": "poolrun", "poolrun_again": "poolrun"}
 PEERS = ["mp_pool", "ppe", "mpire"]
 NOT_COMPARED = ("ideal",)  # computes part of the items: its digest differs on purpose
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -151,7 +152,7 @@ BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def script(workload: str, engine: str, scale: float) -> str:
     body, make_items, size, _ = PRELUDE[workload]
-    imports, call = ENGINES[engine.removesuffix("_before")]
+    imports, call = ENGINES[SAME_SCRIPT.get(engine, engine)]
     n = max(4, round(size * scale))
     return (
         f"{imports}{body}\n"
@@ -293,9 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(workloads) - set(PRELUDE)
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
-    wanted = {"poolrun_again": args.control, "ideal": args.ideal}
-    engines = [e for e in ENGINES if wanted.get(e, True)]
-    engines += ["poolrun_before"] if args.before else []
+    optional = {"poolrun_again": args.control, "ideal": args.ideal, "poolrun_before": args.before}
+    engines = [e for e in ENGINES if e not in optional] + [e for e, on in optional.items() if on]
     compile_poolrun(args.before)
     envs = environments(engines, not args.no_pin_blas, args.before)
     with tempfile.TemporaryDirectory(prefix="poolrun-startup-") as folder:
